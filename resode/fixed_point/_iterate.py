@@ -1,0 +1,87 @@
+"""The one loop that runs every fixed-point solver (no custom derivatives here)."""
+
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+
+from .. import _tree
+from .._custom_types import Args, PyTree
+from ._solution import FixedPointSolution
+from ._solvers import AbstractFixedPointSolver
+
+
+def default_tol(dtype) -> float:
+    """100 machine epsilons of `dtype`: 1.2e-5 for float32, 2.2e-14 for float64."""
+    return 100.0 * float(jnp.finfo(dtype).eps)
+
+
+def resolve_tol(tol: float | None, z: PyTree) -> float:
+    return default_tol(_tree.real_dtype(z)) if tol is None else float(tol)
+
+
+def check_map(fn, z0: PyTree, args: Args) -> None:
+    """Fail at trace time, naming both structures, if `fn(z0, args)` does not look like `z0`."""
+    out = jax.eval_shape(fn, z0, args)
+    want = jax.eval_shape(lambda: z0)
+    if jtu.tree_structure(out) != jtu.tree_structure(want) or any(
+        (a.shape, a.dtype) != (b.shape, b.dtype)
+        for a, b in zip(jtu.tree_leaves(out), jtu.tree_leaves(want), strict=True)
+    ):
+        raise ValueError(
+            "The fixed-point map must return a pytree with the same structure, shapes and dtypes "
+            f"as its input z0.\n  z0:      {want}\n  f(z0):   {out}"
+        )
+
+
+def iterate(
+    solver: AbstractFixedPointSolver,
+    fn,
+    z0: PyTree,
+    args: Args,
+    *,
+    tol: float | None = None,
+    max_steps: int | None = None,
+) -> FixedPointSolution:
+    """Run `solver` on ``z = fn(z, args)`` from `z0`.
+
+    Stops when ``||fn(z) - z|| <= atol + tol * ||fn(z)||`` or after `max_steps` iterations
+    (`tol`/`max_steps` default to the solver's own). Tracks the iterate with the lowest relative
+    residual and returns it; a proposed iterate that is not finite is replaced by ``fn(z)`` (a
+    plain Picard step), so a finite problem never turns into NaN. Never raises under jit.
+
+    Not differentiable by itself: the adjoints in `_adjoint.py` attach gradients.
+    """
+    tol = resolve_tol(solver.tol if tol is None else tol, z0)
+    max_steps = solver.max_steps if max_steps is None else max_steps
+    atol = solver.atol
+    dtype = _tree.real_dtype(z0)
+    inf = jnp.asarray(jnp.inf, dtype)
+
+    def cond(carry):
+        k, _, _, _, done, _ = carry
+        return (~done) & (k < max_steps)
+
+    def body(carry):
+        k, z, best_z, best_res, _, state = carry
+        fz, aux = solver.evaluate(fn, z, args)
+        err = _tree.norm(_tree.sub(fz, z))
+        scale = _tree.norm(fz)
+        done = err <= atol + tol * scale  # False when either is NaN.
+        res = jnp.where(scale > 0, err / scale, jnp.where(err > 0, inf, 0.0)).astype(dtype)
+        better = res < best_res
+        best_z = _tree.where(better, z, best_z)
+        best_res = jnp.where(better, res, best_res)
+
+        def advance(_):
+            z_next, new_state = solver.update(z, fz, aux, state, tol)
+            z_next = _tree.where(_tree.all_finite(z_next), z_next, fz)
+            return z_next, new_state
+
+        z_next, state = jax.lax.cond(done, lambda _: (z, state), advance, None)
+        return k + 1, z_next, best_z, best_res, done, state
+
+    carry = (jnp.array(0, jnp.int32), z0, z0, inf, jnp.array(False), solver.init(z0, args))
+    k, _, best_z, best_res, done, state = jax.lax.while_loop(cond, body, carry)
+    return FixedPointSolution(
+        value=best_z, num_steps=k, residual=best_res, converged=done, stats=solver.stats(state)
+    )
