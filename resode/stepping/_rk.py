@@ -1,0 +1,136 @@
+"""The generic Runge--Kutta engine: every scheme is a tableau run by the code below.
+
+Explicit and diagonally implicit tableaux share one stage loop (an implicit diagonal entry turns
+that stage into a fixed-point solve); fully implicit tableaux solve all stages as one block.
+Zero coefficients are skipped at trace time, so a sparse tableau costs what it should.
+"""
+
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+
+from .. import _tree
+from .._custom_types import Args, Y
+from ..fixed_point import (
+    AbstractFixedPointSolver,
+    ImplicitAdjoint,
+    Newton,
+    Picard,
+    solve_fixed_point,
+)
+from ..schemes import ButcherTableau, Scheme
+from ._stats import StepStats
+
+_ROOTS = {"newton": Newton, "picard": Picard}
+_ADJOINT = ImplicitAdjoint()
+
+
+def resolve_root(root) -> AbstractFixedPointSolver:
+    """`None` -> Newton-Krylov; a name in {'newton', 'picard'}; or a solver object as it is."""
+    if root is None:
+        return Newton()
+    if isinstance(root, AbstractFixedPointSolver):
+        return root
+    if isinstance(root, str):
+        try:
+            return _ROOTS[root]()
+        except KeyError:
+            raise ValueError(
+                f"Unknown root solver {root!r}. Valid names: {', '.join(_ROOTS)}; or pass a solver "
+                "object such as resode.Newton(tol=1e-8)."
+            ) from None
+    raise TypeError(
+        "`root` must be None, a solver name or a fixed-point solver object, "
+        f"got {type(root).__name__}."
+    )
+
+
+def _stats_of(sol, evals_per_iter: int, dtype) -> StepStats:
+    return StepStats(
+        num_fevals=sol.num_steps * evals_per_iter,
+        num_jvps=sol.stats.get("num_linear_steps", jnp.array(0, jnp.int32)) * evals_per_iter,
+        root_steps=sol.num_steps,
+        root_residual=sol.residual.astype(dtype),
+        root_converged=sol.converged,
+    )
+
+
+def _stage_map(f, t_i, y_base: Y, h, a_ii: float):
+    """The stage equation of a diagonal entry: Y = y_base + h a_ii f(t_i, Y)."""
+
+    def stage(z, args):
+        return _tree.lincomb(y_base, h, [a_ii], [f(t_i, z, args)])
+
+    return stage
+
+
+def _needed_stages(tab: ButcherTableau) -> list[bool]:
+    """Whether each stage's f-value is used (by the weights or a later stage)."""
+    a, b = tab.a, tab.b
+    needed = [bool(b[i] != 0 or (a[i + 1 :, i] != 0).any()) for i in range(tab.num_stages)]
+    if tab.stiffly_accurate:
+        needed[-1] = False  # The last stage value is the result; its f-value is never used.
+    return needed
+
+
+def explicit_fevals(tab: ButcherTableau) -> int:
+    """Evaluations of f per step of an explicit tableau."""
+    return sum(_needed_stages(tab))
+
+
+def _lower_triangular_step(tab: ButcherTableau, f, t, y: Y, h, args: Args, root, dtype):
+    a, b, c = tab.a, tab.b, tab.c
+    s = tab.num_stages
+    needed = _needed_stages(tab)
+    ks: list = []
+    stats = StepStats.explicit(0, dtype)
+    for i in range(s):
+        y_i = _tree.lincomb(y, h, a[i, :i], ks)
+        t_i = t + float(c[i]) * h
+        if a[i, i] != 0:
+            sol = solve_fixed_point(
+                _stage_map(f, t_i, y_i, h, float(a[i, i])), y_i, args, root, _ADJOINT
+            )
+            y_i = sol.value
+            stats = stats + _stats_of(sol, 1, dtype)
+        if tab.stiffly_accurate and i == s - 1:
+            return y_i, stats  # b is the last row of a: the last stage value is the result.
+        if needed[i]:
+            ks.append(f(t_i, y_i, args))
+            stats = stats + StepStats.explicit(1, dtype)
+        else:
+            ks.append(None)
+    return _tree.lincomb(y, h, b, ks), stats
+
+
+def _fully_implicit_step(tab: ButcherTableau, f, t, y: Y, h, args: Args, root, dtype):
+    s = tab.num_stages
+    ts = t + jnp.asarray(tab.c, dtype) * h
+    stage_f = jax.vmap(f, in_axes=(0, 0, None))
+
+    def stages(z, args):
+        return _tree.matmul_stages(y, h, tab.a, stage_f(ts, z, args))
+
+    z0 = jtu.tree_map(lambda x: jnp.broadcast_to(x[None], (s,) + x.shape), y)
+    sol = solve_fixed_point(stages, z0, args, root, _ADJOINT)
+    stats = _stats_of(sol, s, dtype)
+    if tab.stiffly_accurate:
+        return jtu.tree_map(lambda z: z[-1], sol.value), stats
+    ks = stage_f(ts, sol.value, args)
+    y_next = jtu.tree_map(
+        lambda yl, kl: (yl + h * jnp.tensordot(jnp.asarray(tab.b, kl.dtype), kl, axes=1)).astype(
+            yl.dtype
+        ),
+        y,
+        ks,
+    )
+    return y_next, stats + StepStats.explicit(s, dtype)
+
+
+def rk_step(scheme: Scheme, f, t, y: Y, h, args: Args, root: AbstractFixedPointSolver | None):
+    """One step of `scheme`; returns ``(y_next, StepStats)``. Inputs already validated."""
+    tab = scheme.tableau
+    dtype = _tree.real_dtype(y)
+    if tab.explicit or tab.diagonally_implicit:
+        return _lower_triangular_step(tab, f, t, y, h, args, root, dtype)
+    return _fully_implicit_step(tab, f, t, y, h, args, root, dtype)
