@@ -75,12 +75,14 @@ def lincomb(y: PyTree, h, coeffs: Sequence[float], ks: Sequence[PyTree]) -> PyTr
     if not terms:
         return y
 
+    # Fold h into the scalar coefficients: one array multiply per term, as in hand-written code.
+    scaled = [h * c for c, _ in terms]
+
     def leaf(y_leaf, *k_leaves):
-        acc = None
-        for (c, _), k in zip(terms, k_leaves, strict=True):
-            term = k if c == 1.0 else c * k
-            acc = term if acc is None else acc + term
-        return (y_leaf + h * acc).astype(y_leaf.dtype)
+        acc = y_leaf
+        for hc, k in zip(scaled, k_leaves, strict=True):
+            acc = acc + hc * k
+        return acc.astype(y_leaf.dtype)
 
     return jtu.tree_map(leaf, y, *[k for _, k in terms])
 

@@ -1,0 +1,108 @@
+"""Shared benchmark harness: warm-up, block_until_ready, medians, compile time and memory.
+
+Every benchmark times each contender in the same process and reports ratios against a named
+baseline, so the figures do not depend on what else the machine was doing between runs.
+"""
+
+import dataclasses
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from importlib import metadata
+
+import jax
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    repeats: int
+
+
+def _block(out):
+    return jax.block_until_ready(out)
+
+
+def time_call(
+    fn: Callable[[], object], *, repeats: int = 30, warmup: int = 3, sync=_block
+) -> Timing:
+    """Median wall time of ``sync(fn())`` over `repeats` calls, after `warmup` untimed calls.
+
+    `sync` must wait until the work is done (JAX dispatches asynchronously); for PyTorch pass
+    ``sync=lambda out: out``.
+    """
+    for _ in range(warmup):
+        sync(fn())
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sync(fn())
+        samples.append((time.perf_counter() - start) * 1e3)
+    return Timing(statistics.median(samples), min(samples), max(samples), repeats)
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], object]], *, repeats: int = 30, warmup: int = 3, sync=_block
+) -> dict[str, Timing]:
+    """As `time_call` for several contenders, taking turns call by call, so that a slow phase of
+    the machine (another process, frequency scaling) affects all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            sync(fn())
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            sync(fn())
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return {
+        name: Timing(statistics.median(s), min(s), max(s), repeats) for name, s in samples.items()
+    }
+
+
+def compile_seconds(jitted, *args) -> float:
+    """Wall time of lowering and compiling `jitted` for `args` (nothing is executed)."""
+    start = time.perf_counter()
+    jitted.lower(*args).compile()
+    return time.perf_counter() - start
+
+
+def temp_bytes(jitted, *args) -> int | None:
+    """Peak temporary memory of the compiled computation, from XLA's memory analysis."""
+    analysis = jitted.lower(*args).compile().memory_analysis()
+    return None if analysis is None else int(analysis.temp_size_in_bytes)
+
+
+def machine_summary() -> str:
+    versions = []
+    for pkg in (
+        "jax",
+        "jaxlib",
+        "equinox",
+        "diffrax",
+        "lineax",
+        "optimistix",
+        "torch",
+        "torchdiffeq",
+    ):
+        try:
+            versions.append(f"{pkg} {metadata.version(pkg)}")
+        except metadata.PackageNotFoundError:
+            pass
+    cpu = platform.processor() or platform.machine()
+    device = jax.devices()[0]
+    return (
+        f"{time.strftime('%Y-%m-%d')}; {os.cpu_count()} cores ({cpu}); "
+        f"JAX device {device.platform}: {device.device_kind}; "
+        f"Python {platform.python_version()}; " + ", ".join(versions)
+    )
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

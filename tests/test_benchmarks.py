@@ -1,0 +1,20 @@
+"""Smoke tests: the benchmark scripts run end to end on tiny sizes (no timing assertions)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import bench_rk  # noqa: E402
+
+
+def test_bench_rk_quick_runs_and_reports_every_ratio():
+    report = bench_rk.main(quick=True)
+    for needle in (
+        "hand-written scan",
+        "resode",
+        "diffrax",
+        "resode / hand-written scan",
+        "compile time",
+    ):
+        assert needle in report
