@@ -35,6 +35,9 @@ EXPLICIT = tuple(name for name in CONTRACT_ORDERS if name not in IMPLICIT)
 ALL_SCHEMES = tuple(CONTRACT_ORDERS)
 L_STABLE = ("backward_euler", "sdirk2", "radau_iia3")
 
+SOLVERS = ("picard", "anderson", "broyden", "newton")
+ADJOINTS = ("implicit", "jfb", "phantom", "unrolled")
+
 # Tolerances in one place.
 FD_RTOL = 1e-6  # gradients against central finite differences (float64)
 REF_RTOL = 1e-8  # gradients against an independent unrolled reference (float64)

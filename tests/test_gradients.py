@@ -171,7 +171,7 @@ def test_float32_gradients_are_finite_and_close_to_float64():
 
 def test_picard_adjoint_matches_gmres_adjoint():
     """The implicit adjoint's linear solve by fixed-point iteration equals the GMRES one."""
-    from resode.fixed_point import ImplicitAdjoint, Picard, solve_fixed_point
+    from resode.solvers import ImplicitAdjoint, Picard, solve_fixed_point
 
     x = jnp.array([0.3, -0.2, 0.5])
 

@@ -259,7 +259,7 @@ def test_stats_explicit_and_implicit():
     assert 7 <= int(stats.root_steps) <= 7 * 6
     assert int(stats.num_fevals) == int(stats.root_steps)  # stiffly accurate: no extra evaluation
     assert int(stats.num_jvps) > 0
-    assert 0 <= float(stats.root_residual) <= resode.fixed_point.default_tol(jnp.float64)
+    assert 0 <= float(stats.root_residual) <= resode.solvers.default_tol(jnp.float64)
     _, one = resode.step(
         tanh_field, 0.0, y0, 0.1, args, scheme="gauss_legendre4", return_stats=True
     )
@@ -313,8 +313,8 @@ def test_root_solver_options():
     "kwargs, error, match",
     [
         (dict(scheme="rk5"), ValueError, "Unknown scheme 'rk5'"),
-        (dict(scheme="backward_euler", root="anderson?"), ValueError, "Unknown root solver"),
-        (dict(scheme="backward_euler", root=3), TypeError, "root"),
+        (dict(scheme="backward_euler", root="anderson?"), ValueError, "Unknown solver"),
+        (dict(scheme="backward_euler", root=3), TypeError, "must be a name or an instance"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):

@@ -11,38 +11,22 @@ import jax.tree_util as jtu
 
 from .. import _tree
 from .._custom_types import Args, Y
-from ..fixed_point import (
+from ..schemes import ButcherTableau, Scheme
+from ..solvers import (
     AbstractFixedPointSolver,
     ImplicitAdjoint,
     Newton,
-    Picard,
+    resolve_solver,
     solve_fixed_point,
 )
-from ..schemes import ButcherTableau, Scheme
 from ._stats import StepStats
 
-_ROOTS = {"newton": Newton, "picard": Picard}
 _ADJOINT = ImplicitAdjoint()
 
 
 def resolve_root(root) -> AbstractFixedPointSolver:
-    """`None` -> Newton-Krylov; a name in {'newton', 'picard'}; or a solver object as it is."""
-    if root is None:
-        return Newton()
-    if isinstance(root, AbstractFixedPointSolver):
-        return root
-    if isinstance(root, str):
-        try:
-            return _ROOTS[root]()
-        except KeyError:
-            raise ValueError(
-                f"Unknown root solver {root!r}. Valid names: {', '.join(_ROOTS)}; or pass a solver "
-                "object such as resode.Newton(tol=1e-8)."
-            ) from None
-    raise TypeError(
-        "`root` must be None, a solver name or a fixed-point solver object, "
-        f"got {type(root).__name__}."
-    )
+    """`None` -> Newton-Krylov; otherwise a solver name or object (as `fixed_point`'s `solver`)."""
+    return Newton() if root is None else resolve_solver(root)
 
 
 def _stats_of(sol, evals_per_iter: int, dtype) -> StepStats:

@@ -56,7 +56,7 @@ def linear_solve(
     unit_b = b / safe_norm
     operator = lx.FunctionLinearOperator(flat_matvec, jax.ShapeDtypeStruct(b.shape, b.dtype))
     if solver is None:
-        peak = jnp.max(jnp.abs(unit_b))
+        peak = jax.lax.stop_gradient(jnp.max(jnp.abs(unit_b)))  # a tolerance: not differentiated
         solver = lx.GMRES(rtol=rtol, atol=rtol * peak, max_steps=max_steps, restart=restart)
     sol = lx.linear_solve(operator, unit_b, solver, throw=False)
     steps = jnp.asarray(sol.stats.get("num_steps", 0), dtype=jnp.int32)

@@ -41,6 +41,7 @@ def iterate(
     *,
     tol: float | None = None,
     max_steps: int | None = None,
+    differentiable: bool = False,
 ) -> FixedPointSolution:
     """Run `solver` on ``z = fn(z, args)`` from `z0`.
 
@@ -49,7 +50,10 @@ def iterate(
     residual and returns it; a proposed iterate that is not finite is replaced by ``fn(z)`` (a
     plain Picard step), so a finite problem never turns into NaN. Never raises under jit.
 
-    Not differentiable by itself: the adjoints in `_adjoint.py` attach gradients.
+    By default this is a `lax.while_loop`, which reverse-mode autodiff cannot go through: the
+    adjoints in `_adjoint.py` attach gradients. With `differentiable=True` it is a `lax.scan` of
+    exactly `max_steps` iterations (finished ones leave the state unchanged), which autodiff can
+    backpropagate through at a memory cost growing with `max_steps` (the unrolled adjoint).
     """
     tol = resolve_tol(solver.tol if tol is None else tol, z0)
     max_steps = solver.max_steps if max_steps is None else max_steps
@@ -64,10 +68,15 @@ def iterate(
     def body(carry):
         k, z, best_z, best_res, _, state = carry
         fz, aux = solver.evaluate(fn, z, args)
-        err = _tree.norm(_tree.sub(fz, z))
-        scale = _tree.norm(fz)
-        done = err <= atol + tol * scale  # False when either is NaN.
-        res = jnp.where(scale > 0, err / scale, jnp.where(err > 0, inf, 0.0)).astype(dtype)
+        # The stopping test is a diagnostic, never differentiated (the unrolled adjoint would
+        # otherwise meet sqrt(0) and 0/0 in its backward pass).
+        err = _tree.norm(jax.lax.stop_gradient(_tree.sub(fz, z)))
+        scale = _tree.norm(jax.lax.stop_gradient(fz))
+        finite = jnp.isfinite(err) & jnp.isfinite(scale)  # inf <= tol * inf must not pass
+        done = finite & (err <= atol + tol * scale)
+        safe_scale = jnp.where(scale > 0, scale, 1.0)
+        res = jnp.where(scale > 0, err / safe_scale, jnp.where(err > 0, inf, 0.0)).astype(dtype)
+        res = jnp.where(finite, res, inf)
         better = res < best_res
         best_z = _tree.where(better, z, best_z)
         best_res = jnp.where(better, res, best_res)
@@ -81,7 +90,17 @@ def iterate(
         return k + 1, z_next, best_z, best_res, done, state
 
     carry = (jnp.array(0, jnp.int32), z0, z0, inf, jnp.array(False), solver.init(z0, args))
-    k, _, best_z, best_res, done, state = jax.lax.while_loop(cond, body, carry)
+    if differentiable:
+
+        def scan_body(carry, _):
+            active = cond(carry)
+            new = body(carry)
+            return jax.tree_util.tree_map(lambda a, b: jnp.where(active, a, b), new, carry), None
+
+        carry, _ = jax.lax.scan(scan_body, carry, None, length=max_steps)
+    else:
+        carry = jax.lax.while_loop(cond, body, carry)
+    k, _, best_z, best_res, done, state = carry
     return FixedPointSolution(
         value=best_z, num_steps=k, residual=best_res, converged=done, stats=solver.stats(state)
     )

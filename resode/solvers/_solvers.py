@@ -1,0 +1,263 @@
+"""Fixed-point solvers: small strategy objects run by one generic loop (`_iterate.py`).
+
+Each solver finds z with z = fn(z, args). A solver says how to evaluate the map at the current
+iterate (`evaluate`, which may also linearise it) and how to propose the next iterate (`update`);
+the loop owns stopping, best-iterate tracking and the non-finite safeguard.
+"""
+
+import abc
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+from jax.flatten_util import ravel_pytree
+
+from .. import _tree
+from .._custom_types import Args, PyTree
+from ._linear import linear_solve
+
+
+class AbstractFixedPointSolver(eqx.Module):
+    """Base class of resode's fixed-point solvers.
+
+    Every solver has the fields `tol` (relative: stop when ``||f(z) - z|| <= atol + tol ||f(z)||``;
+    `None` means 100 machine epsilons of the state's dtype), `atol` (default 0) and `max_steps` (a
+    static bound on iterations). [`resode.fixed_point`][] replaces `tol` and `max_steps` with its
+    own arguments; [`resode.step`][] and [`resode.integrate`][] use the solver's own.
+    """
+
+    tol: eqx.AbstractVar[float | None]
+    atol: eqx.AbstractVar[float]
+    max_steps: eqx.AbstractVar[int]
+
+    def __check_init__(self):
+        if self.tol is not None and not self.tol >= 0:
+            raise ValueError(f"{type(self).__name__}: `tol` must be >= 0, got {self.tol!r}.")
+        if not self.atol >= 0:
+            raise ValueError(f"{type(self).__name__}: `atol` must be >= 0, got {self.atol!r}.")
+        if not (isinstance(self.max_steps, int) and self.max_steps >= 1):
+            raise ValueError(
+                f"{type(self).__name__}: `max_steps` must be an integer >= 1, "
+                f"got {self.max_steps!r}."
+            )
+
+    def init(self, z: PyTree, args: Args) -> Any:
+        """The solver's own state (history, counters) before the first iteration."""
+        return None
+
+    def evaluate(self, fn, z: PyTree, args: Args) -> tuple[PyTree, Any]:
+        """``(fn(z, args), aux)``; `aux` is passed on to `update`."""
+        return fn(z, args), None
+
+    @abc.abstractmethod
+    def update(self, z: PyTree, fz: PyTree, aux: Any, state: Any, tol: float) -> tuple[PyTree, Any]:
+        """The next iterate, given the current one, its image ``fz = fn(z)`` and the resolved
+        relative tolerance of the solve."""
+
+    def stats(self, state: Any) -> dict[str, jax.Array]:
+        """Counters reported in `FixedPointSolution.stats`."""
+        return {}
+
+
+class Picard(AbstractFixedPointSolver):
+    """Damped fixed-point iteration ``z <- (1 - damping) z + damping f(z)``.
+
+    Converges when the map is a contraction (after damping). Cheapest per step; the right choice
+    for non-stiff implicit stages and well-conditioned equilibria.
+
+    **Arguments:** `damping` in (0, 1] (default 1: plain iteration); `tol`, `atol`, `max_steps`
+    (default 100) as in [`AbstractFixedPointSolver`][].
+    """
+
+    damping: float = eqx.field(default=1.0, static=True)
+    tol: float | None = eqx.field(default=None, static=True)
+    atol: float = eqx.field(default=0.0, static=True)
+    max_steps: int = eqx.field(default=100, static=True)
+
+    def __check_init__(self):
+        if not 0.0 < self.damping <= 1.0:
+            raise ValueError(f"Picard: `damping` must be in (0, 1], got {self.damping!r}.")
+
+    def update(self, z, fz, aux, state, tol):
+        if self.damping == 1.0:
+            return fz, state
+        return _tree.axpy(self.damping, _tree.sub(fz, z), z), state
+
+
+class Newton(AbstractFixedPointSolver):
+    """Newton--Krylov on ``g(z) = f(z) - z``: each step solves ``(I - df/dz) dz = f(z) - z``.
+
+    The Jacobian is never formed: the linear solve is matrix-free restarted GMRES (lineax) on
+    Jacobian-vector products from one `jax.linearize` per step. Quadratic convergence near the
+    solution, whatever the stiffness: the default for implicit Runge--Kutta stages.
+
+    **Arguments:**
+
+    - `tol`, `atol`, `max_steps` (default 20): as in [`AbstractFixedPointSolver`][].
+    - `linear_rtol`: relative tolerance of each linear solve (the forcing term of inexact Newton);
+      `None` uses the resolved `tol`, so a linear map converges in one step.
+    - `linear_max_steps`: Krylov iterations per linear solve (default 50).
+    - `restart`: GMRES restart length (default 20).
+    - `linear_solver`: any lineax solver instead of GMRES (e.g. ``lx.LU()`` for small states; it
+      materialises the Jacobian).
+    """
+
+    tol: float | None = eqx.field(default=None, static=True)
+    atol: float = eqx.field(default=0.0, static=True)
+    max_steps: int = eqx.field(default=20, static=True)
+    linear_rtol: float | None = eqx.field(default=None, static=True)
+    linear_max_steps: int = eqx.field(default=50, static=True)
+    restart: int = eqx.field(default=20, static=True)
+    linear_solver: lx.AbstractLinearSolver | None = eqx.field(default=None, static=True)
+
+    def init(self, z, args):
+        return jnp.array(0, dtype=jnp.int32)
+
+    def evaluate(self, fn, z, args):
+        return jax.linearize(lambda w: fn(w, args), z)
+
+    def update(self, z, fz, jvp, state, tol):
+        rtol = tol if self.linear_rtol is None else self.linear_rtol
+        delta, steps = linear_solve(
+            lambda v: _tree.sub(v, jvp(v)),
+            _tree.sub(fz, z),
+            rtol=rtol,
+            max_steps=self.linear_max_steps,
+            restart=self.restart,
+            solver=self.linear_solver,
+        )
+        return _tree.add(z, delta), state + steps
+
+    def stats(self, state):
+        return {"num_linear_steps": state}
+
+
+def _flat(tree: PyTree):
+    return ravel_pytree(tree)[0]
+
+
+class Anderson(AbstractFixedPointSolver):
+    r"""Anderson acceleration (type II) with memory `memory`.
+
+    Keeps the last m iterates $x_i$ and residuals $g_i = f(x_i) - x_i$, finds the affine
+    combination $\alpha$ ($\sum\alpha_i = 1$) minimising $\|\sum \alpha_i g_i\|$ from the small
+    Gram system $(G G^\top + \lambda I)\alpha \propto \mathbf{1}$, and moves to
+    $\sum\alpha_i (x_i + \beta g_i)$. Converges on many maps where plain iteration diverges or
+    crawls.
+
+    Safeguard: the regularisation $\lambda$ is relative (`regularisation` times the largest
+    diagonal entry of $GG^\top$), and when the coefficients are not finite or larger than
+    `max_coefficient` in sum of magnitudes (an ill-conditioned system), the step falls back to the
+    damped Picard step $x + \beta g$ instead of producing NaN.
+
+    **Arguments:** `memory` (m, default 5), `mixing` ($\beta$ in (0, 1], default 1),
+    `regularisation` (default 1e-8), `max_coefficient` (default 1e4); `tol`, `atol`, `max_steps`
+    (default 50) as in [`AbstractFixedPointSolver`][].
+    """
+
+    memory: int = eqx.field(default=5, static=True)
+    mixing: float = eqx.field(default=1.0, static=True)
+    regularisation: float = eqx.field(default=1e-8, static=True)
+    max_coefficient: float = eqx.field(default=1e4, static=True)
+    tol: float | None = eqx.field(default=None, static=True)
+    atol: float = eqx.field(default=0.0, static=True)
+    max_steps: int = eqx.field(default=50, static=True)
+
+    def __check_init__(self):
+        if not (isinstance(self.memory, int) and self.memory >= 1):
+            raise ValueError(f"Anderson: `memory` must be an integer >= 1, got {self.memory!r}.")
+        if not 0.0 < self.mixing <= 1.0:
+            raise ValueError(f"Anderson: `mixing` must be in (0, 1], got {self.mixing!r}.")
+        if not self.regularisation >= 0:
+            raise ValueError(
+                f"Anderson: `regularisation` must be >= 0, got {self.regularisation!r}."
+            )
+
+    def init(self, z, args):
+        x = _flat(z)
+        hist = jnp.zeros((self.memory,) + x.shape, x.dtype)
+        return hist, hist, jnp.array(0, jnp.int32)
+
+    def update(self, z, fz, aux, state, tol):
+        xs, gs, k = state
+        x, unravel = ravel_pytree(z)
+        g = _flat(fz) - x
+        slot = k % self.memory
+        xs = xs.at[slot].set(x)
+        gs = gs.at[slot].set(g)
+        filled = jnp.arange(self.memory) < jnp.minimum(k + 1, self.memory)
+        gram = jnp.real(gs.conj() @ gs.T)
+        both = filled[:, None] & filled[None, :]
+        gram = jnp.where(both, gram, 0.0)
+        scale = jnp.max(jnp.diagonal(gram))
+        reg = self.regularisation * jnp.where(scale > 0, scale, 1.0)
+        gram = gram + jnp.diag(jnp.where(filled, reg, 1.0))
+        weights = jnp.linalg.solve(gram, filled.astype(gram.dtype))
+        alpha = weights / jnp.sum(weights)
+        alpha = jnp.where(filled, alpha, 0.0)
+        picard = x + self.mixing * g
+        accelerated = alpha.astype(xs.dtype) @ (xs + self.mixing * gs)
+        ok = jnp.all(jnp.isfinite(alpha)) & (jnp.sum(jnp.abs(alpha)) <= self.max_coefficient)
+        x_next = jnp.where(ok & jnp.all(jnp.isfinite(accelerated)), accelerated, picard)
+        return unravel(x_next), (xs, gs, k + 1)
+
+
+class Broyden(AbstractFixedPointSolver):
+    r"""Limited-memory ("good") Broyden on $g(z) = f(z) - z$.
+
+    Keeps an approximation $H \approx (\partial g/\partial z)^{-1}$ as $-I$ plus at most `memory`
+    rank-one corrections (Sherman--Morrison updates of the inverse; the oldest is overwritten when
+    full) and steps $z \leftarrow z - H g(z)$. The first step is a Picard step. An update whose
+    denominator is tiny or not finite is skipped.
+
+    **Arguments:** `memory` (default 10); `tol`, `atol`, `max_steps` (default 50) as in
+    [`AbstractFixedPointSolver`][].
+    """
+
+    memory: int = eqx.field(default=10, static=True)
+    tol: float | None = eqx.field(default=None, static=True)
+    atol: float = eqx.field(default=0.0, static=True)
+    max_steps: int = eqx.field(default=50, static=True)
+
+    def __check_init__(self):
+        if not (isinstance(self.memory, int) and self.memory >= 1):
+            raise ValueError(f"Broyden: `memory` must be an integer >= 1, got {self.memory!r}.")
+
+    def init(self, z, args):
+        x = _flat(z)
+        us = jnp.zeros((self.memory,) + x.shape, x.dtype)
+        return us, us, x, x, jnp.array(0, jnp.int32), jnp.array(0, jnp.int32)
+
+    @staticmethod
+    def _apply(us, vs, x):
+        """H x = -x + sum_i u_i (v_i . x)."""
+        return -x + (vs.conj() @ x) @ us
+
+    @staticmethod
+    def _apply_t(us, vs, x):
+        """H^H x = -x + sum_i v_i (u_i . x)."""
+        return -x + (us.conj() @ x) @ vs
+
+    def update(self, z, fz, aux, state, tol):
+        us, vs, x_prev, g_prev, k, n = state
+        x, unravel = ravel_pytree(z)
+        g = _flat(fz) - x
+        dx, dg = x - x_prev, g - g_prev
+        h_dg = self._apply(us, vs, dg)
+        denom = jnp.vdot(dx, h_dg)
+        # Skip the update when |dx^H H dg| is tiny against |dx| |H dg| (compared squared: no sqrt
+        # at zero), and divide by a safe denominator so that a skipped update cannot leak NaN
+        # into gradients (the unrolled adjoint differentiates through this).
+        scale_sq = jnp.real(jnp.vdot(dx, dx)) * jnp.real(jnp.vdot(h_dg, h_dg))
+        ok = (k > 0) & (jnp.abs(denom) ** 2 > 1e-24 * scale_sq) & jnp.isfinite(denom)
+        u = (dx - h_dg) / jnp.where(ok, denom, 1.0)
+        v = self._apply_t(us, vs, dx)
+        ok = ok & jnp.all(jnp.isfinite(u)) & jnp.all(jnp.isfinite(v))
+        slot = n % self.memory
+        us = jnp.where(ok, us.at[slot].set(u), us)
+        vs = jnp.where(ok, vs.at[slot].set(v), vs)
+        n = n + ok.astype(n.dtype)
+        x_next = x - self._apply(us, vs, g)
+        return unravel(x_next), (us, vs, x, g, k + 1, n)
