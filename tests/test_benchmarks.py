@@ -5,6 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+import bench_fixed_point  # noqa: E402
 import bench_rk  # noqa: E402
 
 
@@ -18,3 +19,12 @@ def test_bench_rk_quick_runs_and_reports_every_ratio():
         "compile time",
     ):
         assert needle in report
+
+
+def test_bench_fixed_point_quick_runs_and_reports_every_adjoint():
+    report = bench_fixed_point.main(quick=True)
+    for needle in ("optimistix", "resode picard + implicit", "resode picard + jfb", "unrolled"):
+        assert needle in report
+    # The memory table has a row per adjoint.
+    for adjoint in ("| implicit |", "| jfb |", "| phantom |", "| unrolled |"):
+        assert adjoint in report

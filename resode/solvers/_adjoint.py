@@ -6,6 +6,7 @@ closes over (weights, the stage's base point, the step size) receive gradients l
 """
 
 import abc
+import dataclasses
 
 import equinox as eqx
 import jax
@@ -19,7 +20,7 @@ from .._custom_types import Args, PyTree
 from ._iterate import check_map, iterate, resolve_tol
 from ._linear import linear_solve
 from ._solution import FixedPointSolution
-from ._solvers import AbstractFixedPointSolver
+from ._solvers import AbstractFixedPointSolver, Newton
 
 
 class AbstractAdjoint(eqx.Module):
@@ -105,10 +106,17 @@ class Unrolled(AbstractAdjoint):
 
     The solve runs as a scan of exactly `max_steps` iterations (finished ones leave the state
     unchanged) and autodiff stores all of them: memory grows with `max_steps`. Use it to check the
-    other adjoints, not to train.
+    other adjoints, not to train. Newton's Krylov solves go through lineax's GMRES here (it is
+    differentiable), unless Newton was given another linear solver.
     """
 
     def solve(self, solver, fn, z0, args, tol, max_steps, probe):
+        if isinstance(solver, Newton) and solver.linear_solver is None:
+            # Autodiff cannot go through resode's GMRES (a while loop); lineax's linear_solve
+            # carries its own derivative rule. With the unit-norm right-hand side of
+            # `linear_solve`, rtol=0, atol=tol and the 2-norm give the same test ||r|| <= tol ||b||.
+            gmres = lx.GMRES(rtol=0.0, atol=solver.linear_rtol or tol, norm=_tree.norm)
+            solver = dataclasses.replace(solver, linear_solver=gmres)
         return iterate(solver, fn, z0, args, tol=tol, max_steps=max_steps, differentiable=True)
 
 
@@ -122,52 +130,61 @@ class ImplicitAdjoint(AbstractAdjoint):
 
     **Arguments:**
 
-    - `solver`: how to solve for $u$. `None` (default): restarted GMRES, which handles any
-      non-singular $I - J$ (stiff stages included). A lineax solver: used as it is. A fixed-point
-      solver object (`Picard()`, `Anderson()`): iterates $u \leftarrow \bar z + J^\top u$,
-      which needs the spectral radius of $J$ below 1 (true for a contractive layer) and costs one
-      VJP per step.
+    - `solver`: how to solve for $u$.
+        - `None` (default): mirror the forward solve. After Picard, Anderson or Broyden the same
+          solver object (same options) iterates $u \leftarrow \bar z + J^\top u$: $J^\top$ has
+          the spectrum of $J$, so what converged forward converges backward, at one VJP per step.
+          After Newton (the default for implicit Runge--Kutta stages, which may be stiff), a
+          Krylov solve of $(I - J^\top) u = \bar z$ with Newton's own linear solver (GMRES
+          unless Newton was given another).
+        - A fixed-point solver object (`Picard()`, `Anderson()`, ...): that iteration.
+        - A lineax solver (e.g. ``lx.GMRES(rtol, atol)``): used as it is on $(I - J^\top)$.
     - `tol`: relative tolerance of that solve; `None` uses the forward solve's tolerance.
-    - `max_steps`: iteration bound of that solve (default 100).
+    - `max_steps`: iteration bound of that solve; `None` uses the forward solve's.
+
+    Whether the backward solve converged is observable through [`backward_probe`][].
     """
 
     solver: AbstractFixedPointSolver | lx.AbstractLinearSolver | None = eqx.field(
         default=None, static=True
     )
     tol: float | None = eqx.field(default=None, static=True)
-    max_steps: int = eqx.field(default=100, static=True)
+    max_steps: int | None = eqx.field(default=None, static=True)
 
     def solve(self, solver, fn, z0, args, tol, max_steps, probe):
         return _implicit_solve((fn, args, probe), z0, solver, self, tol, max_steps)
 
-    def solve_adjoint(self, vjp_z, cotangent: PyTree, tol: float):
+    def solve_adjoint(self, vjp_z, cotangent: PyTree, forward_solver, tol: float, max_steps: int):
         """Solve ``u = cotangent + J^T u`` given ``vjp_z(u) = J^T u``.
 
         **Returns:** ``(u, num_steps, relative_residual)``; the residual is that of the fixed-point
         form, ``||cotangent + J^T u - u|| / ||cotangent + J^T u||``.
         """
         tol = tol if self.tol is None else self.tol
+        max_steps = max_steps if self.max_steps is None else self.max_steps
+        method = self.solver
+        if method is None:
+            method = (
+                forward_solver.linear_solver
+                if isinstance(forward_solver, Newton)
+                else forward_solver
+            )
         adjoint_map = lambda u: jtu.tree_map(jnp.add, cotangent, vjp_z(u))
-        if isinstance(self.solver, AbstractFixedPointSolver):
+        if isinstance(method, AbstractFixedPointSolver):
             sol = iterate(
-                self.solver,
-                lambda u, _: adjoint_map(u),
-                cotangent,
-                None,
-                tol=tol,
-                max_steps=self.max_steps,
+                method, lambda u, _: adjoint_map(u), cotangent, None, tol=tol, max_steps=max_steps
             )
             return sol.value, sol.num_steps, sol.residual
         u, steps = linear_solve(
             lambda u: jtu.tree_map(jnp.subtract, u, vjp_z(u)),
             cotangent,
             rtol=tol,
-            max_steps=self.max_steps,
-            solver=self.solver,
+            max_steps=max_steps,
+            solver=method,
         )
         image = adjoint_map(u)
         err, scale = _tree.norm(_tree.sub(image, u)), _tree.norm(image)
-        return u, steps, jnp.where(scale > 0, err / scale, 0.0)
+        return u, steps, jnp.where(scale > 0, err / jnp.where(scale > 0, scale, 1.0), 0.0)
 
 
 # --- the backward-statistics probe ----------------------------------------------------------
@@ -262,7 +279,7 @@ def _implicit_solve_fwd(perturbed, fn_args_probe, z0, solver, adjoint, tol, max_
 def _implicit_solve_bwd(
     z_star, grad_sol, perturbed, fn_args_probe, z0, solver, adjoint, tol, max_steps
 ):
-    del perturbed, z0, solver, max_steps
+    del perturbed, z0
     if grad_sol.value is None:
         cotangent = jtu.tree_map(jnp.zeros_like, z_star)
     else:
@@ -273,10 +290,13 @@ def _implicit_solve_bwd(
             is_leaf=lambda x: x is None,
         )
     fn, args, probe = fn_args_probe
-    _, vjp_z = jax.vjp(lambda z: fn(z, args), z_star)
-    u, steps, residual = adjoint.solve_adjoint(lambda v: vjp_z(v)[0], cotangent, tol)
-    _, vjp_theta = eqx.filter_vjp(lambda fa: fa[0](z_star, fa[1]), (fn, args))
-    (grad_fn, grad_args) = vjp_theta(u)[0]
+    # One linearisation at z* serves both the adjoint iterations (its z-part; XLA drops the unused
+    # parameter part inside the loop) and the final parameter cotangent.
+    _, vjp = eqx.filter_vjp(lambda z, fa: fa[0](z, fa[1]), z_star, (fn, args))
+    u, steps, residual = adjoint.solve_adjoint(
+        lambda v: vjp(v)[0], cotangent, solver, tol, max_steps
+    )
+    grad_fn, grad_args = vjp(u)[1]
     if probe is None:
         grad_probe = None
     else:

@@ -83,7 +83,8 @@ def iterate(
 
         def advance(_):
             z_next, new_state = solver.update(z, fz, aux, state, tol)
-            z_next = _tree.where(_tree.all_finite(z_next), z_next, fz)
+            if solver.may_blow_up:
+                z_next = _tree.where(_tree.all_finite(z_next), z_next, fz)
             return z_next, new_state
 
         z_next, state = jax.lax.cond(done, lambda _: (z, state), advance, None)

@@ -6,7 +6,7 @@ the loop owns stopping, best-iterate tracking and the non-finite safeguard.
 """
 
 import abc
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -31,6 +31,10 @@ class AbstractFixedPointSolver(eqx.Module):
     tol: eqx.AbstractVar[float | None]
     atol: eqx.AbstractVar[float]
     max_steps: eqx.AbstractVar[int]
+
+    #: Whether `update` can return a non-finite iterate from a finite one (the loop then checks,
+    #: and replaces such an iterate by f(z)). False only where the update is f(z) itself.
+    may_blow_up: ClassVar[bool] = True
 
     def __check_init__(self):
         if self.tol is not None and not self.tol >= 0:
@@ -75,6 +79,8 @@ class Picard(AbstractFixedPointSolver):
     tol: float | None = eqx.field(default=None, static=True)
     atol: float = eqx.field(default=0.0, static=True)
     max_steps: int = eqx.field(default=100, static=True)
+
+    may_blow_up: ClassVar[bool] = False  # a convex combination of z and f(z)
 
     def __check_init__(self):
         if not 0.0 < self.damping <= 1.0:
