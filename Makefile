@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: install run test test-fast lint bench clean
+.PHONY: install run test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,7 @@ $(VENV)/.installed-bench: $(STAMP) benchmarks/constraints.txt
 
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench_rk.py
+	$(PY) benchmarks/bench_fixed_point.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info
