@@ -4,6 +4,7 @@ The public API is what this module re-exports. `resode.schemes`, `resode.solvers
 `resode.stepping` are pure functions on pytrees with no dependency on any neural-network code.
 """
 
+from . import nn
 from .schemes import ButcherTableau, Scheme, get_scheme, list_schemes, stability_function
 from .solvers import (
     JFB,
@@ -46,6 +47,7 @@ __all__ = [
     "get_scheme",
     "integrate",
     "list_schemes",
+    "nn",
     "stability_function",
     "step",
 ]

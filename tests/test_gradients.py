@@ -187,3 +187,22 @@ def test_picard_adjoint_matches_gmres_adjoint():
     g_picard = jax.grad(loss)(W, ImplicitAdjoint(solver=Picard(max_steps=200)))
     np.testing.assert_allclose(g_picard, g_gmres, rtol=1e-10)
     assert rel_err(g_gmres, central_fd(lambda w: loss(w, ImplicitAdjoint()), W)) <= FD_RTOL
+
+
+@pytest.mark.parametrize("name", ["rk4", "backward_euler"])
+def test_checkpointed_steps_give_the_same_gradients_with_less_memory(name):
+    dim = 32
+    y0, (W, b) = field_args(dim=dim)
+
+    def loss(W, checkpoint):
+        y1 = resode.integrate(
+            tanh_field, y0, 0.0, 1.0, 64, (W, b), scheme=name, checkpoint=checkpoint
+        )
+        return jnp.sum(y1**2)
+
+    plain = jax.jit(jax.grad(lambda W: loss(W, False)))
+    ckpt = jax.jit(jax.grad(lambda W: loss(W, True)))
+    np.testing.assert_allclose(ckpt(W), plain(W), rtol=1e-12)
+    if name == "rk4":  # stages are stored per step without checkpointing
+        mem = lambda fn: fn.lower(W).compile().memory_analysis().temp_size_in_bytes
+        assert mem(ckpt) < mem(plain)

@@ -80,6 +80,7 @@ def integrate(
     per_step_args: bool = False,
     save_trajectory: bool = False,
     return_stats: bool = False,
+    checkpoint: bool = False,
 ):
     """`num_steps` equal steps of `scheme` from `t0` to `t1`, as one `jax.lax.scan`.
 
@@ -94,6 +95,9 @@ def integrate(
       k uses slice k: untied weights, i.e. a classic ResNet with `num_steps` blocks. Non-array
       leaves are shared by all steps.
     - `save_trajectory`: return the whole trajectory instead of the final state.
+    - `checkpoint`: wrap each step in `jax.checkpoint`, so that reverse-mode autodiff stores only
+      the state between steps and recomputes the stages: less memory, about one more forward
+      pass of compute.
 
     **Returns:** `y1`; or ``(ts, ys)`` with `save_trajectory` (`ts` has shape
     ``(num_steps + 1,)``; each leaf of `ys` has leading axis ``num_steps + 1``, starting with
@@ -120,6 +124,8 @@ def integrate(
             stats = stats + step_stats
         return (y_next, stats), (y_next if save_trajectory else None)
 
+    if checkpoint:
+        body = jax.checkpoint(body)
     stats0 = StepStats.explicit(0, dtype) if scheme.implicit else None
     xs = (jnp.arange(num_steps, dtype=jnp.int32), dynamic)
     (y1, stats), ys = jax.lax.scan(body, (y0, stats0), xs)

@@ -1,0 +1,199 @@
+"""Vector fields f(t, y, args) as equinox modules.
+
+Every field acts on one example (vmap over a batch), returns an array shaped like `y`, accepts an
+optional injected input `args` with the shape of `y` (added to the state first: the input
+injection of a deep-equilibrium layer, ``f(z + x)``), and with ``time_dependent=True`` sees the
+time `t` as an extra input feature or channel.
+"""
+
+import abc
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+
+def _zero_last(layer):
+    """The same layer with zero weight and bias, so that a residual block starts as the identity."""
+    layer = eqx.tree_at(lambda m: m.weight, layer, jnp.zeros_like(layer.weight))
+    return eqx.tree_at(lambda m: m.bias, layer, jnp.zeros_like(layer.bias))
+
+
+def _inject(y, args):
+    return y if args is None else y + args
+
+
+class AbstractVectorField(eqx.Module):
+    """A learnable vector field ``f(t, y, args)``; `args` is an optional injection (shape of y)."""
+
+    @abc.abstractmethod
+    def __call__(self, t, y: Array, args: Array | None = None) -> Array: ...
+
+
+class MLPField(AbstractVectorField):
+    """``f(t, y) = W_L act(... act(W_1 [y + x, t] + b_1) ...) + b_L`` on vectors of size `dim`.
+
+    **Arguments:** `dim` (state size), `hidden` (width), `depth` (hidden layers, default 1),
+    `activation` (default tanh), `time_dependent` (append t as an input), `zero_init` (zero last
+    layer: a residual step starts as the identity), `key` (keyword-only).
+    """
+
+    layers: tuple[eqx.nn.Linear, ...]
+    activation: Callable = eqx.field(static=True)
+    time_dependent: bool = eqx.field(static=True)
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        depth: int = 1,
+        *,
+        activation: Callable = jax.nn.tanh,
+        time_dependent: bool = False,
+        zero_init: bool = False,
+        key: PRNGKeyArray,
+    ):
+        if depth < 1:
+            raise ValueError(f"MLPField: `depth` must be >= 1, got {depth}.")
+        keys = jax.random.split(key, depth + 1)
+        sizes = [dim + int(time_dependent)] + [hidden] * depth + [dim]
+        layers = [
+            eqx.nn.Linear(a, b, key=k) for a, b, k in zip(sizes[:-1], sizes[1:], keys, strict=True)
+        ]
+        if zero_init:
+            layers[-1] = _zero_last(layers[-1])
+        self.layers = tuple(layers)
+        self.activation = activation
+        self.time_dependent = time_dependent
+
+    def __call__(self, t, y: Float[Array, " dim"], args=None) -> Float[Array, " dim"]:
+        h = _inject(y, args)
+        if self.time_dependent:
+            h = jnp.concatenate([h, jnp.reshape(jnp.asarray(t, h.dtype), (1,))])
+        for layer in self.layers[:-1]:
+            h = self.activation(layer(h))
+        return self.layers[-1](h)
+
+
+class ConvField(AbstractVectorField):
+    """A convolutional field: ``conv(hidden -> C)(act(conv(C -> hidden)(y + x)))``, 'same' padding.
+
+    `num_spatial_dims=2` for images of shape ``(channels, height, width)``; `num_spatial_dims=1`
+    for signals of shape ``(channels, length)`` such as MNIST-1D. With `time_dependent`, t is an
+    extra constant input channel; `zero_init` zeroes the second convolution.
+    """
+
+    conv_in: eqx.nn.Conv
+    conv_out: eqx.nn.Conv
+    activation: Callable = eqx.field(static=True)
+    time_dependent: bool = eqx.field(static=True)
+
+    def __init__(
+        self,
+        channels: int,
+        hidden: int,
+        *,
+        num_spatial_dims: int = 2,
+        kernel_size: int = 3,
+        activation: Callable = jax.nn.relu,
+        time_dependent: bool = False,
+        zero_init: bool = False,
+        key: PRNGKeyArray,
+    ):
+        if num_spatial_dims not in (1, 2, 3):
+            raise ValueError(
+                f"ConvField: `num_spatial_dims` must be 1, 2 or 3, got {num_spatial_dims}."
+            )
+        k1, k2 = jax.random.split(key)
+        c_in = channels + int(time_dependent)
+        conv = lambda a, b, k: eqx.nn.Conv(
+            num_spatial_dims, a, b, kernel_size, padding="SAME", key=k
+        )
+        self.conv_in = conv(c_in, hidden, k1)
+        self.conv_out = (
+            _zero_last(conv(hidden, channels, k2)) if zero_init else conv(hidden, channels, k2)
+        )
+        self.activation = activation
+        self.time_dependent = time_dependent
+
+    def __call__(self, t, y: Array, args=None) -> Array:
+        h = _inject(y, args)
+        if self.time_dependent:
+            h = jnp.concatenate([h, jnp.full((1,) + h.shape[1:], t, h.dtype)])
+        return self.conv_out(self.activation(self.conv_in(h)))
+
+
+class AttentionField(AbstractVectorField):
+    """The attention sub-block of a pre-norm transformer: ``MHA(LN(y + x))`` on ``(seq, dim)``.
+
+    With `time_dependent`, ``t`` is added to the normalised input as a constant feature shift.
+    `zero_init` zeroes the output projection (the block starts as the identity).
+    """
+
+    norm: eqx.nn.LayerNorm
+    attention: eqx.nn.MultiheadAttention
+    time_dependent: bool = eqx.field(static=True)
+
+    def __init__(self, dim: int, num_heads: int, *, time_dependent=False, zero_init=False, key):
+        if dim % num_heads:
+            raise ValueError(
+                f"AttentionField: `dim` ({dim}) must be divisible by `num_heads` ({num_heads})."
+            )
+        self.norm = eqx.nn.LayerNorm(dim)
+        attention = eqx.nn.MultiheadAttention(num_heads, dim, key=key)
+        if zero_init:
+            attention = eqx.tree_at(
+                lambda m: m.output_proj, attention, _zero_last(attention.output_proj)
+            )
+        self.attention = attention
+        self.time_dependent = time_dependent
+
+    def __call__(self, t, y: Float[Array, "seq dim"], args=None) -> Float[Array, "seq dim"]:
+        h = jax.vmap(self.norm)(_inject(y, args))
+        if self.time_dependent:
+            h = h + jnp.asarray(t, h.dtype)
+        return self.attention(h, h, h)
+
+
+def normalized_laplacian(adjacency: Float[Array, "n n"]) -> Float[Array, "n n"]:
+    """``L = I - D^{-1/2} A D^{-1/2}`` of a symmetric adjacency matrix (isolated node: L_ii = 1)."""
+    adjacency = jnp.asarray(adjacency)
+    degree = adjacency.sum(axis=1)
+    inv_sqrt = jnp.where(degree > 0, 1.0 / jnp.sqrt(jnp.where(degree > 0, degree, 1.0)), 0.0)
+    return (
+        jnp.eye(adjacency.shape[0], dtype=adjacency.dtype)
+        - inv_sqrt[:, None] * adjacency * inv_sqrt[None, :]
+    )
+
+
+class GraphField(AbstractVectorField):
+    """Graph diffusion with learned channel mixing: ``f(X) = -L (X + x) W`` on ``(nodes, dim)``.
+
+    `laplacian` is fixed data (not trained; see [`normalized_laplacian`][]); `W` is learned. With
+    `time_dependent`, the output is scaled by ``(1 + t c)`` with a learned vector c.
+    """
+
+    laplacian: Array
+    weight: Array
+    time_scale: Array | None
+    time_dependent: bool = eqx.field(static=True)
+
+    def __init__(self, dim: int, laplacian: Array, *, time_dependent=False, key):
+        laplacian = jnp.asarray(laplacian)
+        if laplacian.ndim != 2 or laplacian.shape[0] != laplacian.shape[1]:
+            raise ValueError(
+                f"GraphField: `laplacian` must be square, got shape {laplacian.shape}."
+            )
+        self.laplacian = laplacian
+        self.weight = jax.random.normal(key, (dim, dim)) / jnp.sqrt(dim)
+        self.time_scale = jnp.zeros(dim) if time_dependent else None
+        self.time_dependent = time_dependent
+
+    def __call__(self, t, y: Float[Array, "nodes dim"], args=None) -> Float[Array, "nodes dim"]:
+        L = jax.lax.stop_gradient(self.laplacian)
+        out = -(L @ _inject(y, args)) @ self.weight
+        if self.time_dependent:
+            out = out * (1.0 + t * self.time_scale)
+        return out
