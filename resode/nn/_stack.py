@@ -119,17 +119,30 @@ class ResidualStack(eqx.Module):
             p = jax.random.bernoulli(key, p).astype(jnp.float32)
         return self.alpha * p
 
-    def __call__(self, y: Array, args=None, *, key=None, inference: bool = False):
-        if self.augment:
-            y = jnp.concatenate([y, jnp.zeros((self.augment,) + y.shape[1:], y.dtype)])
-        scales = self._scales(key, inference).astype(jnp.result_type(y))
+    def augmented(self, y: Array) -> Array:
+        """The state with `augment` zero channels appended along axis 0, as the stack sees it."""
+        if not self.augment:
+            return y
+        return jnp.concatenate([y, jnp.zeros((self.augment,) + y.shape[1:], y.dtype)])
+
+    def step_function(self, args=None, *, key=None, inference: bool = False, dtype=jnp.float32):
+        """The per-step vector field and its per-step arguments, ``(fn, step_args)``.
+
+        Step k of the stack is ``resode.step(fn, k h, y, h, step_args[k], scheme=self.scheme)``
+        (every array leaf of `step_args` has leading axis `num_steps`): the field of step k (untied)
+        or the shared one (tied), scaled by alpha and by stochastic depth; `args` is injected.
+        """
+        scales = self._scales(key, inference).astype(dtype)
         field = self.field
         if self.tied:
-            fn = lambda t, z, s: s * field(t, z, args)
-            step_args = scales
-        else:
-            fn = lambda t, z, fs: fs[1] * fs[0](t, z, args)
-            step_args = (field, scales)
+            return (lambda t, z, s: s * field(t, z, args)), scales
+        return (lambda t, z, fs: fs[1] * fs[0](t, z, args)), (field, scales)
+
+    def __call__(self, y: Array, args=None, *, key=None, inference: bool = False):
+        y = self.augmented(y)
+        fn, step_args = self.step_function(
+            args, key=key, inference=inference, dtype=jnp.result_type(y)
+        )
         if not self.skip:
             return self._plain(fn, y, step_args)
         y1, stats = integrate(
