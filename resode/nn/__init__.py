@@ -6,15 +6,24 @@ from ._fields import (
     AbstractVectorField,
     AttentionField,
     ConvField,
+    FunctionField,
     GraphField,
     MLPField,
     normalized_laplacian,
 )
+from ._models import BODIES, STEMS, Classifier, Stem, build_classifier, count_params
 from ._ode import ODEBlock
 from ._stack import ResidualStack
 
 __all__ = [
+    "BODIES",
     "DEQ",
+    "STEMS",
+    "Classifier",
+    "FunctionField",
+    "Stem",
+    "build_classifier",
+    "count_params",
     "AbstractVectorField",
     "AttentionField",
     "ConvField",

@@ -197,3 +197,17 @@ class GraphField(AbstractVectorField):
         if self.time_dependent:
             out = out * (1.0 + t * self.time_scale)
         return out
+
+
+class FunctionField(AbstractVectorField):
+    """A plain function plus its parameters as a field: ``f(t, y, args) = fn(params, t, y, args)``.
+
+    `fn` is static (not traced as data); `params` is any pytree (its arrays are trained). For
+    untied stacks, `make_field` can return ``FunctionField(fn, init(key))``.
+    """
+
+    params: object
+    fn: Callable = eqx.field(static=True)
+
+    def __call__(self, t, y, args=None):
+        return self.fn(self.params, t, y, args)

@@ -1,0 +1,154 @@
+"""Classifiers assembled from a stem, one body of any kind, and a head."""
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, PRNGKeyArray
+
+from ._deq import DEQ
+from ._diagnostics import Diagnostics
+from ._fields import ConvField, MLPField
+from ._ode import ODEBlock
+from ._stack import ResidualStack
+
+STEMS = ("mlp", "conv1d", "conv2d")
+BODIES = ("none", "plain", "residual", "implicit", "deq", "ode")
+
+
+class Stem(eqx.Module):
+    """Input -> state: ``act(Linear(flatten(x)))`` (mlp) or ``act(Conv(x))`` (conv1d / conv2d)."""
+
+    layer: eqx.Module
+    flatten: bool = eqx.field(static=True)
+    activation: Callable = eqx.field(static=True)
+
+    def __init__(
+        self, kind: str, in_shape: tuple[int, ...], width: int, *, activation=jax.nn.relu, key
+    ):
+        if kind == "mlp":
+            size = 1
+            for n in in_shape:
+                size *= n
+            self.layer = eqx.nn.Linear(size, width, key=key)
+            self.flatten = True
+        elif kind in ("conv1d", "conv2d"):
+            dims = 1 if kind == "conv1d" else 2
+            if len(in_shape) != dims + 1:
+                spatial = "length" if dims == 1 else "height, width"
+                raise ValueError(
+                    f"Stem {kind!r} needs inputs of shape (channels, {spatial}), got {in_shape}."
+                )
+            self.layer = eqx.nn.Conv(dims, in_shape[0], width, 3, padding="SAME", key=key)
+            self.flatten = False
+        else:
+            raise ValueError(f"Unknown stem {kind!r}. Valid: {', '.join(STEMS)}.")
+        self.activation = activation
+
+    def __call__(self, x: Array) -> Array:
+        return self.activation(self.layer(x.reshape(-1) if self.flatten else x))
+
+
+class Classifier(eqx.Module):
+    """``head(pool(body(stem(x))))`` on one example; returns ``(logits, Diagnostics)``.
+
+    Build with [`build_classifier`][]. The body is a `ResidualStack`, `DEQ` or `ODEBlock` (or
+    none); a DEQ body takes the stem's output as its injected input. Spatial axes are averaged
+    before the linear head.
+    """
+
+    stem: Stem
+    body: eqx.Module | None
+    head: eqx.nn.Linear
+    body_kind: str = eqx.field(static=True)
+
+    def __call__(self, x: Array, *, key=None, inference: bool = False):
+        y = self.stem(x)
+        if self.body_kind == "none":
+            zero = jnp.array(0, jnp.int32)
+            diag = Diagnostics(zero, zero, zero, jnp.zeros((), y.dtype), jnp.array(True))
+        elif self.body_kind == "deq":
+            y, diag = self.body(y, inference=inference)
+        elif self.body_kind == "ode":
+            y, diag = self.body(y)
+        else:
+            y, diag = self.body(y, key=key, inference=inference)
+        if y.ndim > 1:
+            y = jnp.mean(y, axis=tuple(range(1, y.ndim)))
+        return self.head(y), diag
+
+
+def count_params(model) -> int:
+    """Number of trainable (floating-point array) entries of a model."""
+    return sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array)))
+
+
+def build_classifier(
+    *,
+    in_shape: tuple[int, ...],
+    num_classes: int,
+    stem: str = "mlp",
+    width: int = 64,
+    hidden: int | None = None,
+    body: str = "residual",
+    scheme: str | None = None,
+    num_steps: int = 4,
+    tied: bool = False,
+    solver="anderson",
+    adjoint="implicit",
+    tol: float = 1e-4,
+    max_steps: int = 30,
+    ode_solver: str = "tsit5",
+    rtol: float = 1e-3,
+    atol: float = 1e-6,
+    zero_init: bool = False,
+    drop_rate: float = 0.0,
+    key: PRNGKeyArray,
+) -> Classifier:
+    """A classifier whose body is any kind of depth over one field family.
+
+    The field is an `MLPField` (mlp stem) or a `ConvField` (conv stems) of state size `width` and
+    hidden size `hidden` (default `width`). `body`: ``"none"``, ``"plain"`` (no skip, Euler
+    blocks), ``"residual"`` (explicit `scheme`, default euler), ``"implicit"`` (implicit
+    `scheme`, default backward_euler), ``"deq"`` (`solver`, `adjoint`, `tol`, `max_steps`) or
+    ``"ode"`` (`ode_solver`, `rtol`, `atol`). `num_steps` and `tied` apply to stacks. Use
+    [`count_params`][] to match parameter counts across bodies (e.g. by choosing `hidden`).
+    """
+    if body not in BODIES:
+        raise ValueError(f"Unknown body {body!r}. Valid: {', '.join(BODIES)}.")
+    hidden = width if hidden is None else hidden
+    k_stem, k_body, k_head = jax.random.split(key, 3)
+    stem_module = Stem(stem, in_shape, width, key=k_stem)
+
+    def make_field(k):
+        if stem == "mlp":
+            return MLPField(width, hidden, zero_init=zero_init, key=k)
+        dims = 1 if stem == "conv1d" else 2
+        return ConvField(width, hidden, num_spatial_dims=dims, zero_init=zero_init, key=k)
+
+    if body == "none":
+        body_module = None
+    elif body in ("plain", "residual", "implicit"):
+        default = {"plain": "euler", "residual": "euler", "implicit": "backward_euler"}[body]
+        body_module = ResidualStack(
+            make_field,
+            num_steps,
+            scheme=scheme or default,
+            tied=tied,
+            skip=body != "plain",
+            drop_rate=drop_rate,
+            key=k_body,
+        )
+        if body == "implicit" and not body_module.scheme.implicit:
+            raise ValueError(f"body='implicit' needs an implicit scheme, got {scheme!r}.")
+        if body == "residual" and body_module.scheme.implicit:
+            raise ValueError(f"body='residual' needs an explicit scheme, got {scheme!r}.")
+    elif body == "deq":
+        body_module = DEQ(
+            make_field(k_body), solver=solver, adjoint=adjoint, tol=tol, max_steps=max_steps
+        )
+    else:
+        body_module = ODEBlock(make_field(k_body), solver=ode_solver, rtol=rtol, atol=atol)
+    head = eqx.nn.Linear(width, num_classes, key=k_head)
+    return Classifier(stem_module, body_module, head, body)
