@@ -33,6 +33,7 @@ $(VENV)/.installed-bench: $(STAMP) benchmarks/constraints.txt
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench_rk.py
 	$(PY) benchmarks/bench_fixed_point.py
+	$(PY) benchmarks/bench_layers.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info

@@ -73,7 +73,9 @@ def compile_seconds(jitted, *args) -> float:
 
 def temp_bytes(jitted, *args) -> int | None:
     """Peak temporary memory of the compiled computation, from XLA's memory analysis."""
-    analysis = jitted.lower(*args).compile().memory_analysis()
+    compiled = jitted.lower(*args).compile()
+    compiled = getattr(compiled, "compiled", compiled)  # eqx.filter_jit wraps jax's Compiled
+    analysis = compiled.memory_analysis()
     return None if analysis is None else int(analysis.temp_size_in_bytes)
 
 
