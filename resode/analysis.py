@@ -75,12 +75,14 @@ def stability_plot(
     *,
     extent: tuple[float, float, float, float] | None = None,
     resolution: int = 400,
+    ax=None,
 ) -> Figure:
     """The stability region ``{z : |R(z)| <= 1}`` of `scheme`, with points ``h * lambda``.
 
     Points inside the region (|R| <= 1) are drawn as dots, points outside as crosses. Returns a
     matplotlib `Figure` (nothing is shown; save it with ``fig.savefig(path)``). `extent` is
     ``(re_min, re_max, im_min, im_max)``; by default it covers the points and the unit disc.
+    Pass a matplotlib `ax` to draw into an existing figure (its figure is returned).
     """
     scheme = get_scheme(scheme)
     pts = None if h_lambda is None else np.atleast_1d(np.asarray(h_lambda, dtype=np.complex128))
@@ -92,8 +94,8 @@ def stability_plot(
     yv = np.linspace(extent[2], extent[3], resolution)
     Z = x[None, :] + 1j * yv[:, None]
     R = np.abs(stability_function(scheme, Z))
-    fig = Figure(figsize=(5, 4.5))
-    ax = fig.add_subplot()
+    if ax is None:
+        ax = Figure(figsize=(5, 4.5)).add_subplot()
     ax.contourf(x, yv, (R <= 1).astype(float), levels=[0.5, 1.5], colors=["#9ecae1"])
     ax.contour(x, yv, R, levels=[1.0], colors="#08519c", linewidths=1.0)
     ax.axhline(0, color="0.5", lw=0.5)
@@ -110,7 +112,7 @@ def stability_plot(
     ax.set_xlabel("Re(h λ)")
     ax.set_ylabel("Im(h λ)")
     ax.set_title(f"{scheme.name}: |R(z)| ≤ 1 shaded")
-    return fig
+    return ax.figure
 
 
 def lipschitz_bound(field, h: float) -> Array:
