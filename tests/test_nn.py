@@ -356,3 +356,17 @@ def test_no_recompilation_on_a_second_call(make):
     run(body, _y0())
     body2 = jax.tree_util.tree_map(lambda a: a * 1.01 if eqx.is_inexact_array(a) else a, body)
     run(body2, 2 * _y0())
+
+
+def test_deq_probe_reports_the_backward_solve():
+    deq = _deq(tol=1e-8, max_steps=100)
+    xs = jnp.stack([_y0(), -_y0()])
+    probe = resode.backward_probe(jnp.float64)
+
+    def loss(d, probe):
+        return jnp.sum(jax.vmap(lambda x: d(x, probe=probe)[0])(xs) ** 2)
+
+    g_probe = jax.grad(loss, argnums=1)(deq, probe)
+    stats = resode.BackwardStats.from_cotangent(g_probe)
+    assert float(stats.num_solves) == 2.0 and float(stats.num_steps) >= 2.0
+    assert float(stats.num_failed) == 0.0
