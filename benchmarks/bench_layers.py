@@ -84,7 +84,7 @@ def handwritten_rk4(num_steps):
 
 def main(quick: bool = False) -> str:
     batch = 16 if quick else 256
-    depths = (1, 2, 4) if quick else (1, 2, 16, 64, 256)
+    depths = (1, 2) if quick else (1, 2, 16, 64, 256)
     repeats = 5 if quick else 60
     x, target = data(batch)
     key = jax.random.PRNGKey(0)
@@ -106,7 +106,7 @@ def main(quick: bool = False) -> str:
             unrolled = "not run"
         rows.append([depth, f"{scan_s:.2f}", unrolled])
     secs = {row[0]: float(row[1]) for row in rows}
-    deep = 4 if quick else 64
+    deep = 2 if quick else 64
     out += [
         f"Compile time (s) of one training step, untied Euler stack, "
         f"MLP {WIDTH}->{HIDDEN}->{WIDTH}, batch {batch}:",
@@ -174,7 +174,7 @@ def main(quick: bool = False) -> str:
             make_field, d, scheme="backward_euler", key=key
         ),
     }
-    mem_depths = (2, 8) if quick else (4, 16, 64)
+    mem_depths = (2, 4) if quick else (4, 16, 64)
     rows = []
     for name, build in bodies.items():
         sizes = []

@@ -192,7 +192,7 @@ def test_complex_non_holomorphic_field_with_newton():
 def test_vmap_equals_loop(name):
     y0, (W, b) = field_args()
     y0s = jnp.stack([y0, 2 * y0, -y0])
-    run = lambda y, args: resode.integrate(tanh_field, y, 0.0, 1.0, 5, args, scheme=name)
+    run = jax.jit(lambda y, args: resode.integrate(tanh_field, y, 0.0, 1.0, 5, args, scheme=name))
     batched = jax.vmap(run, in_axes=(0, None))(y0s, (W, b))
     for i in range(3):
         np.testing.assert_allclose(batched[i], run(y0s[i], (W, b)), rtol=1e-12)
