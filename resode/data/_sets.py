@@ -1,0 +1,325 @@
+"""The embedded datasets: made here or read from an installed package, never downloaded."""
+
+import hashlib
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+
+from ._dataset import Dataset
+
+
+def _split(x, y, test_fraction, seed, stratify):
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(
+        x, y, test_size=test_fraction, random_state=seed, stratify=y if stratify else None
+    )
+
+
+def digits(*, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+    """scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes), scaled to [0, 1].
+
+    Inputs have shape ``(1, 8, 8)`` (a conv2d stem uses them as images; an mlp stem flattens).
+    The split is stratified and fixed by `seed` (default: 1437 train, 360 test).
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.images / 16.0).astype(np.float32)[:, None]
+    y = bunch.target.astype(np.int32)
+    x_tr, x_te, y_tr, y_te = _split(x, y, test_fraction, seed, stratify=True)
+    return Dataset(
+        "digits", "classification", 10, x_tr, y_tr, x_te, y_te, digits.__doc__.split("\n")[0]
+    )
+
+
+def _cache_dir(cache_dir) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir)
+    return Path(os.environ.get("RESODE_CACHE", Path.home() / ".cache" / "resode"))
+
+
+def mnist1d(*, seed: int = 42, num_samples: int = 5000, cache_dir=None) -> Dataset:
+    """MNIST-1D (Greydanus, 2020): 1-D signals of length 40, 10 classes, made locally.
+
+    Generated with the `mnist1d` package's `make_dataset` (its download path is never used) and
+    cached as a NumPy ``.npz`` file under `cache_dir` (default ``$RESODE_CACHE`` or
+    ``~/.cache/resode``). Inputs have shape ``(1, 40)``; the package's own 80/20 split.
+    """
+    args_key = f"mnist1d-seed{seed}-n{num_samples}"
+    path = _cache_dir(cache_dir) / f"{args_key}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in ("x", "y", "x_test", "y_test")}
+    else:
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        args = get_dataset_args()
+        args.seed, args.num_samples = seed, num_samples
+        state = np.random.get_state()  # noqa: NPY002  (make_dataset reseeds the global RNG)
+        try:
+            data = make_dataset(args)
+        finally:
+            np.random.set_state(state)  # noqa: NPY002
+        arrays = {k: np.asarray(data[k]) for k in ("x", "y", "x_test", "y_test")}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)  # atomic: a concurrent or killed run never sees half a file
+    f32 = lambda a: a.astype(np.float32)[:, None]
+    return Dataset(
+        "mnist1d",
+        "classification",
+        10,
+        f32(arrays["x"]),
+        arrays["y"].astype(np.int32),
+        f32(arrays["x_test"]),
+        arrays["y_test"].astype(np.int32),
+        "MNIST-1D: 1-D signals of length 40, 10 classes",
+    )
+
+
+def spirals(
+    *, num_samples: int = 1000, noise: float = 0.05, turns: float = 1.5, seed: int = 0
+) -> Dataset:
+    """Two interleaved 2-D spirals, one per class (a classic test of nonlinear separation)."""
+    rng = np.random.default_rng(seed)
+    n = num_samples // 2
+    r = np.sqrt(rng.uniform(0.05, 1.0, n))
+    theta = 2 * np.pi * turns * r
+    arm = np.stack([r * np.cos(theta), r * np.sin(theta)], axis=1)
+    x = np.concatenate([arm, -arm]) + noise * rng.normal(size=(2 * n, 2))
+    y = np.concatenate([np.zeros(n), np.ones(n)]).astype(np.int32)
+    x_tr, x_te, y_tr, y_te = _split(x.astype(np.float32), y, 0.2, seed, stratify=True)
+    return Dataset(
+        "spirals", "classification", 2, x_tr, y_tr, x_te, y_te, "two interleaved 2-D spirals"
+    )
+
+
+def concentric_spheres(
+    *, num_samples: int = 1000, dim: int = 2, radii=(0.5, 1.0, 1.5), seed: int = 0
+) -> Dataset:
+    """Augmented neural ODEs' g: class 0 inside the ball ``|x| <= r1``, class 1 in the shell
+    ``r2 <= |x| <= r3`` (Dupont et al., 2019). A neural ODE in `dim` dimensions cannot separate
+    them without augmentation; half the points per class."""
+    r1, r2, r3 = radii
+    if not 0 < r1 < r2 < r3:
+        raise ValueError(f"concentric_spheres: radii must satisfy 0 < r1 < r2 < r3, got {radii}.")
+    rng = np.random.default_rng(seed)
+    n = num_samples // 2
+
+    def shell(lo, hi, count):
+        d = rng.normal(size=(count, dim))
+        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        # Uniform in volume between radii lo and hi.
+        u = rng.uniform(lo**dim, hi**dim, count) ** (1.0 / dim)
+        return d * u[:, None]
+
+    x = np.concatenate([shell(0.0, r1, n), shell(r2, r3, n)]).astype(np.float32)
+    y = np.concatenate([np.zeros(n), np.ones(n)]).astype(np.int32)
+    x_tr, x_te, y_tr, y_te = _split(x, y, 0.2, seed, stratify=True)
+    return Dataset(
+        "concentric_spheres",
+        "classification",
+        2,
+        x_tr,
+        y_tr,
+        x_te,
+        y_te,
+        concentric_spheres.__doc__.split("\n")[0],
+    )
+
+
+def crossing1d(*, num_samples: int = 200, seed: int = 0) -> Dataset:
+    """The 1-D map g(-1) = 1, g(1) = -1: a regression that no 1-D neural ODE can fit, because its
+    trajectories would have to cross (Dupont et al., 2019). Inputs are -1 or 1, targets -x."""
+    rng = np.random.default_rng(seed)
+    x = rng.choice(np.array([-1.0, 1.0], np.float32), size=(num_samples, 1))
+    y = -x
+    n_test = num_samples // 5
+    return Dataset(
+        "crossing1d",
+        "regression",
+        0,
+        x[n_test:],
+        y[n_test:],
+        x[:n_test],
+        y[:n_test],
+        "g(-1) = 1, g(1) = -1",
+    )
+
+
+# --- ODE trajectory sets -----------------------------------------------------------------------
+
+
+def _trajectories(f, y0s, t1, num_times, substeps, scheme="rk4"):
+    from ..stepping import integrate
+
+    def one(y0):
+        _, ys = integrate(
+            lambda t, y, a: f(y),
+            y0,
+            0.0,
+            t1,
+            (num_times - 1) * substeps,
+            scheme=scheme,
+            save_trajectory=True,
+        )
+        return ys[::substeps]
+
+    return np.asarray(jax.jit(jax.vmap(one))(jnp.asarray(y0s)))
+
+
+def _dynamics(name, description, y0s, trajs, ts, seed):
+    n_test = len(y0s) // 5
+    return Dataset(
+        name,
+        "dynamics",
+        0,
+        y0s[n_test:].astype(np.float32),
+        trajs[n_test:].astype(np.float32),
+        y0s[:n_test].astype(np.float32),
+        trajs[:n_test].astype(np.float32),
+        description,
+        ts=ts.astype(np.float32),
+    )
+
+
+def harmonic_oscillator(
+    *,
+    num_samples: int = 256,
+    num_times: int = 50,
+    t1: float = 10.0,
+    omega: float = 1.0,
+    seed: int = 0,
+) -> Dataset:
+    """x'' = -omega^2 x as (x, v); exact solution (a rotation). Initial states ~ N(0, I)."""
+    rng = np.random.default_rng(seed)
+    y0s = rng.normal(size=(num_samples, 2))
+    ts = np.linspace(0.0, t1, num_times)
+    c, s = np.cos(omega * ts), np.sin(omega * ts)
+    x = y0s[:, None, 0] * c + y0s[:, None, 1] / omega * s
+    v = -y0s[:, None, 0] * omega * s + y0s[:, None, 1] * c
+    return _dynamics(
+        "harmonic_oscillator",
+        harmonic_oscillator.__doc__.split("\n")[0],
+        y0s,
+        np.stack([x, v], -1),
+        ts,
+        seed,
+    )
+
+
+def lotka_volterra(
+    *,
+    num_samples: int = 256,
+    num_times: int = 50,
+    t1: float = 15.0,
+    params=(1.5, 1.0, 3.0, 1.0),
+    seed: int = 0,
+) -> Dataset:
+    """Predator-prey: x' = a x - b x y, y' = -c y + d x y; initial states ~ U(0.5, 3)^2.
+
+    Trajectories from resode's RK4 with 40 substeps per observation interval."""
+    a, b, c, d = params
+    rng = np.random.default_rng(seed)
+    y0s = rng.uniform(0.5, 3.0, size=(num_samples, 2))
+    f = lambda y: jnp.stack([a * y[0] - b * y[0] * y[1], -c * y[1] + d * y[0] * y[1]])
+    ts = np.linspace(0.0, t1, num_times)
+    return _dynamics(
+        "lotka_volterra",
+        lotka_volterra.__doc__.split("\n")[0],
+        y0s,
+        _trajectories(f, y0s, t1, num_times, 40),
+        ts,
+        seed,
+    )
+
+
+def van_der_pol(
+    *, num_samples: int = 256, num_times: int = 50, t1: float = 10.0, mu: float = 1.0, seed: int = 0
+) -> Dataset:
+    """x'' = mu (1 - x^2) x' - x as (x, v); initial states ~ U(-2, 2)^2 (RK4, 40 substeps)."""
+    rng = np.random.default_rng(seed)
+    y0s = rng.uniform(-2.0, 2.0, size=(num_samples, 2))
+    f = lambda y: jnp.stack([y[1], mu * (1 - y[0] ** 2) * y[1] - y[0]])
+    ts = np.linspace(0.0, t1, num_times)
+    return _dynamics(
+        "van_der_pol",
+        van_der_pol.__doc__.split("\n")[0],
+        y0s,
+        _trajectories(f, y0s, t1, num_times, 40),
+        ts,
+        seed,
+    )
+
+
+def stiff_linear(
+    *,
+    num_samples: int = 256,
+    num_times: int = 50,
+    t1: float = 1.0,
+    stiffness: float = 1000.0,
+    seed: int = 0,
+) -> Dataset:
+    """y' = A y, eigenvalues -1 and -`stiffness` (a rotated diagonal); exact: expm(A t) y0.
+
+    Explicit schemes need h < 2 / stiffness to stay stable on it; implicit ones do not."""
+    rng = np.random.default_rng(seed)
+    theta = np.pi / 6
+    Q = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    A = Q @ np.diag([-1.0, -stiffness]) @ Q.T
+    y0s = rng.normal(size=(num_samples, 2))
+    ts = np.linspace(0.0, t1, num_times)
+    trajs = np.stack([y0s @ scipy.linalg.expm(A * t).T for t in ts], axis=1)
+    return _dynamics("stiff_linear", stiff_linear.__doc__.split("\n")[0], y0s, trajs, ts, seed)
+
+
+DATASETS = {
+    "digits": digits,
+    "mnist1d": mnist1d,
+    "spirals": spirals,
+    "concentric_spheres": concentric_spheres,
+    "crossing1d": crossing1d,
+    "harmonic_oscillator": harmonic_oscillator,
+    "lotka_volterra": lotka_volterra,
+    "van_der_pol": van_der_pol,
+    "stiff_linear": stiff_linear,
+}
+
+
+def list_datasets() -> tuple[str, ...]:
+    return tuple(DATASETS)
+
+
+def load(name: str, **options) -> Dataset:
+    """Load (make) a dataset by name; `options` go to its maker (e.g. ``seed``, ``num_samples``).
+
+    Raises `ValueError` naming the valid datasets for an unknown name, and `TypeError` naming the
+    accepted options for an unknown option.
+    """
+    try:
+        maker = DATASETS[name]
+    except KeyError:
+        raise ValueError(f"Unknown dataset {name!r}. Valid: {', '.join(DATASETS)}.") from None
+    import inspect
+
+    accepted = [p for p in inspect.signature(maker).parameters]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"Dataset {name!r} has no option {unknown[0]!r}; its options: {', '.join(accepted)}."
+        )
+    return maker(**options)
+
+
+def fingerprint(dataset: Dataset) -> str:
+    """A short hash of a dataset's arrays (to record in a run, or to check determinism)."""
+    h = hashlib.sha256()
+    for a in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
