@@ -1,0 +1,210 @@
+"""Typed experiment configs: a dataclass schema, safe YAML, and ``key=value`` overrides.
+
+Built on OmegaConf structured configs. Every mistake (unknown key, wrong type, invalid choice)
+raises [`ConfigError`][] with one line that names the key and what is allowed; the command line
+turns it into exit status 2.
+"""
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .data import list_datasets
+from .nn._models import BODIES, STEMS
+from .nn._ode import _ADJOINTS as ODE_ADJOINTS
+from .nn._ode import _SOLVERS as ODE_SOLVERS
+from .schemes import get_scheme, list_schemes
+from .solvers import ADJOINTS, SOLVERS
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine")
+
+
+class ConfigError(ValueError):
+    """A config mistake; the message is one line naming the key and what is allowed."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    name: str = "digits"
+    batch_size: int = 128
+    seed: int = 0  # fixes the train/test split or the generated set
+
+
+@dataclasses.dataclass
+class BodyConfig:
+    kind: str = "residual"  # none | plain | residual | implicit | deq | ode
+    scheme: str = "euler"
+    num_steps: int = 4
+    tied: bool = False
+    hidden: int | None = None  # width of the field's hidden layer (default: model.width)
+    zero_init: bool = False
+    drop_rate: float = 0.0
+    solver: str = "anderson"  # deq, and implicit stages when set to a fixed-point solver
+    adjoint: str = "implicit"
+    tol: float = 1e-4
+    max_steps: int = 30
+    ode_solver: str = "tsit5"
+    ode_adjoint: str = "recursive_checkpoint"
+    rtol: float = 1e-3
+    atol: float = 1e-6
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    stem: str = "mlp"
+    width: int = 64
+    body: BodyConfig = dataclasses.field(default_factory=BodyConfig)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    steps: int = 1000
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0
+    steps_per_call: int = 10
+    checkpoint_every: int = 500
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    every: int = 100
+
+
+@dataclasses.dataclass
+class Config:
+    seed: int = 0
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    sweep: dict[str, Any] | None = None  # dotted key -> list of values (used by `resode sweep`)
+
+
+def _one_line(exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
+    msg = str(exc).splitlines()[0]
+    return f"{key}: {msg}" if key else msg
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """The defaults, updated by the YAML file at `path` (if any), then by ``key=value`` overrides.
+
+    YAML is read with a safe loader (data only: no tags, nothing executed). Returns a validated
+    [`Config`][]; raises [`ConfigError`][] naming the key for any mistake, and for a missing or
+    unreadable file.
+    """
+    layers = [OmegaConf.structured(Config)]
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist.")
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as exc:  # a YAML syntax error
+            raise ConfigError(f"{path}: {str(exc).splitlines()[0]}") from None
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys.")
+        layers.append(loaded)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. train.steps=200).")
+        try:
+            layers.append(OmegaConf.from_dotlist([item]))
+        except Exception as exc:
+            raise ConfigError(f"override {item!r}: {str(exc).splitlines()[0]}") from None
+    try:
+        cfg: Config = OmegaConf.to_object(OmegaConf.merge(*layers))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_one_line(exc)) from None
+    validate(cfg)
+    return cfg
+
+
+def _choice(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(
+            f"{key}: {value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}."
+        )
+
+
+def _positive(key: str, value, zero_ok: bool = False) -> None:
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ConfigError(f"{key}: must be {'>= 0' if zero_ok else '> 0'}, got {value!r}.")
+
+
+def validate(cfg: Config) -> None:
+    """Check choices and ranges that types alone cannot; raises [`ConfigError`][]."""
+    _choice("data.name", cfg.data.name, list_datasets())
+    _positive("data.batch_size", cfg.data.batch_size)
+    _choice("model.stem", cfg.model.stem, STEMS)
+    _positive("model.width", cfg.model.width)
+    body = cfg.model.body
+    _choice("model.body.kind", body.kind, BODIES)
+    _choice("model.body.scheme", body.scheme, list_schemes())
+    implicit = get_scheme(body.scheme).implicit
+    if body.kind == "implicit" and not implicit:
+        raise ConfigError(
+            f"model.body.scheme: kind 'implicit' needs an implicit scheme, got {body.scheme!r}."
+        )
+    if body.kind in ("residual", "plain") and implicit:
+        raise ConfigError(
+            f"model.body.scheme: kind {body.kind!r} needs an explicit scheme, got {body.scheme!r}."
+        )
+    if body.kind == "plain" and body.scheme != "euler":
+        raise ConfigError(
+            f"model.body.scheme: kind 'plain' uses euler blocks, got {body.scheme!r}."
+        )
+    _positive("model.body.num_steps", body.num_steps)
+    if body.hidden is not None:
+        _positive("model.body.hidden", body.hidden)
+    if not 0.0 <= body.drop_rate < 1.0:
+        raise ConfigError(f"model.body.drop_rate: must be in [0, 1), got {body.drop_rate!r}.")
+    _choice("model.body.solver", body.solver, tuple(SOLVERS))
+    _choice("model.body.adjoint", body.adjoint, tuple(ADJOINTS))
+    _positive("model.body.tol", body.tol)
+    _positive("model.body.max_steps", body.max_steps)
+    _choice("model.body.ode_solver", body.ode_solver, tuple(ODE_SOLVERS))
+    _choice("model.body.ode_adjoint", body.ode_adjoint, tuple(ODE_ADJOINTS))
+    _positive("model.body.rtol", body.rtol)
+    _positive("model.body.atol", body.atol)
+    _positive("train.steps", cfg.train.steps)
+    _positive("train.lr", cfg.train.lr)
+    _choice("train.optimizer", cfg.train.optimizer, OPTIMIZERS)
+    _positive("train.weight_decay", cfg.train.weight_decay, zero_ok=True)
+    _choice("train.schedule", cfg.train.schedule, SCHEDULES)
+    _positive("train.warmup_steps", cfg.train.warmup_steps, zero_ok=True)
+    if cfg.train.grad_clip is not None:
+        _positive("train.grad_clip", cfg.train.grad_clip)
+    _positive("train.steps_per_call", cfg.train.steps_per_call)
+    _positive("train.checkpoint_every", cfg.train.checkpoint_every)
+    _positive("eval.every", cfg.eval.every)
+    if cfg.sweep is not None:
+        for key, values in cfg.sweep.items():
+            if not isinstance(values, list | tuple) or not values:
+                raise ConfigError(
+                    f"sweep.{key}: must be a non-empty list of values, got {values!r}."
+                )
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (what a run directory's ``config.yaml`` holds)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config to `path` (atomically: a temporary file, then a rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(to_yaml(cfg))
+    tmp.replace(path)
