@@ -32,8 +32,11 @@ def _inputs():
     }
 
 
-def test_readme_blocks_run_in_order():
-    """A reader runs the blocks top to bottom; later blocks may use names defined earlier."""
+def test_readme_blocks_run_in_order(tmp_path, monkeypatch):
+    """A reader runs the blocks top to bottom; later blocks may use names defined earlier.
+    (In a temporary directory: some examples write files, e.g. checkpoints.)"""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RESODE_CACHE", str(tmp_path / "cache"))
     assert len(BLOCKS) >= 5
     namespace = _inputs()
     for index, block in enumerate(BLOCKS):
