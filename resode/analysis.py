@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from .nn import DEQ, GraphField, MLPField, ResidualStack
 from .schemes import Scheme, get_scheme, stability_function
-from .stepping import integrate, step
+from .stepping import step
 
 _ONE_LIPSCHITZ = {
     jax.nn.tanh,
@@ -157,20 +157,8 @@ def gradient_flow(stack: ResidualStack, y: Array, loss_fn, args=None) -> Array:
     """
     if not stack.skip:
         raise ValueError("gradient_flow: defined for residual stacks (skip=True).")
-    y0 = stack.augmented(y)
-    fn, step_args = stack.step_function(args, inference=True, dtype=jnp.result_type(y0))
-    _, ys = integrate(
-        fn,
-        y0,
-        0.0,
-        stack.t1,
-        stack.num_steps,
-        step_args,
-        scheme=stack.scheme,
-        root=stack.root,
-        per_step_args=True,
-        save_trajectory=True,
-    )
+    ys = stack.trajectory(y, args)
+    fn, step_args = stack.step_function(args, inference=True, dtype=jnp.result_type(ys))
     h = stack.t1 / stack.num_steps
     g_last = jax.grad(loss_fn)(ys[-1])
     dynamic, static = eqx.partition(step_args, eqx.is_array)
@@ -184,7 +172,7 @@ def gradient_flow(stack: ResidualStack, y: Array, loss_fn, args=None) -> Array:
         (g_prev,) = vjp(g)
         return g_prev, jnp.linalg.norm(g_prev)
 
-    ks = jnp.arange(stack.num_steps, dtype=jnp.result_type(y0))
+    ks = jnp.arange(stack.num_steps, dtype=jnp.result_type(ys))
     _, norms = jax.lax.scan(back, g_last, (ks, ys[:-1], dynamic), reverse=True)
     return jnp.concatenate([norms, jnp.linalg.norm(g_last)[None]])
 

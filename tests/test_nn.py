@@ -370,3 +370,15 @@ def test_deq_probe_reports_the_backward_solve():
     stats = resode.BackwardStats.from_cotangent(g_probe)
     assert float(stats.num_solves) == 2.0 and float(stats.num_steps) >= 2.0
     assert float(stats.num_failed) == 0.0
+
+
+def test_trajectory_runs_from_input_to_output():
+    stack = rn.ResidualStack(
+        lambda k: rn.MLPField(DIM + 1, 8, key=k), 5, scheme="rk4", augment=1, key=KEY
+    )
+    ys = stack.trajectory(_y0())
+    assert ys.shape == (6, DIM + 1)
+    np.testing.assert_array_equal(ys[0], stack.augmented(_y0()))
+    np.testing.assert_allclose(ys[-1], stack(_y0())[0], rtol=1e-12)
+    with pytest.raises(ValueError, match="residual stacks"):
+        rn.ResidualStack(mlp, 2, skip=False, key=KEY).trajectory(_y0())

@@ -138,14 +138,8 @@ class ResidualStack(eqx.Module):
             return (lambda t, z, s: s * field(t, z, args)), scales
         return (lambda t, z, fs: fs[1] * fs[0](t, z, args)), (field, scales)
 
-    def __call__(self, y: Array, args=None, *, key=None, inference: bool = False):
-        y = self.augmented(y)
-        fn, step_args = self.step_function(
-            args, key=key, inference=inference, dtype=jnp.result_type(y)
-        )
-        if not self.skip:
-            return self._plain(fn, y, step_args)
-        y1, stats = integrate(
+    def _integrate(self, fn, y, step_args, **options):
+        return integrate(
             fn,
             y,
             0.0,
@@ -155,9 +149,26 @@ class ResidualStack(eqx.Module):
             scheme=self.scheme,
             root=self.root,
             per_step_args=True,
-            return_stats=True,
-            checkpoint=self.checkpoint,
+            **options,
         )
+
+    def trajectory(self, y: Array, args=None) -> Array:
+        """Every state of the stack in evaluation mode: shape ``(num_steps + 1, *y.shape)`` (with
+        augmentation), from the input to the output. Residual stacks only."""
+        if not self.skip:
+            raise ValueError("trajectory: defined for residual stacks (skip=True).")
+        y = self.augmented(y)
+        fn, step_args = self.step_function(args, inference=True, dtype=jnp.result_type(y))
+        return self._integrate(fn, y, step_args, save_trajectory=True)[1]
+
+    def __call__(self, y: Array, args=None, *, key=None, inference: bool = False):
+        y = self.augmented(y)
+        fn, step_args = self.step_function(
+            args, key=key, inference=inference, dtype=jnp.result_type(y)
+        )
+        if not self.skip:
+            return self._plain(fn, y, step_args)
+        y1, stats = self._integrate(fn, y, step_args, return_stats=True, checkpoint=self.checkpoint)
         diag = Diagnostics(
             num_fevals=stats.num_fevals,
             num_jvps=stats.num_jvps,
