@@ -33,6 +33,25 @@ def check_map(fn, z0: PyTree, args: Args) -> None:
         )
 
 
+def residual_test(fz: PyTree, z: PyTree, tol: float, atol: float = 0.0):
+    """The stopping test of every solve: ``(done, relative_residual)``.
+
+    ``done`` is ``||fz - z|| <= atol + tol ||fz||`` with both norms finite (so that an overflow,
+    inf <= tol * inf, never passes); the relative residual is ``||fz - z|| / ||fz||`` (0 when both
+    vanish, inf when the scale vanishes alone or anything is not finite). A diagnostic: it is
+    never differentiated (the unrolled adjoint would otherwise meet sqrt(0) and 0/0).
+    """
+    dtype = _tree.real_dtype(z)
+    inf = jnp.asarray(jnp.inf, dtype)
+    err = _tree.norm(jax.lax.stop_gradient(_tree.sub(fz, z)))
+    scale = _tree.norm(jax.lax.stop_gradient(fz))
+    finite = jnp.isfinite(err) & jnp.isfinite(scale)
+    done = finite & (err <= atol + tol * scale)
+    safe_scale = jnp.where(scale > 0, scale, 1.0)
+    res = jnp.where(scale > 0, err / safe_scale, jnp.where(err > 0, inf, 0.0)).astype(dtype)
+    return done, jnp.where(finite, res, inf)
+
+
 def iterate(
     solver: AbstractFixedPointSolver,
     fn,
@@ -68,15 +87,7 @@ def iterate(
     def body(carry):
         k, z, best_z, best_res, _, state = carry
         fz, aux = solver.evaluate(fn, z, args)
-        # The stopping test is a diagnostic, never differentiated (the unrolled adjoint would
-        # otherwise meet sqrt(0) and 0/0 in its backward pass).
-        err = _tree.norm(jax.lax.stop_gradient(_tree.sub(fz, z)))
-        scale = _tree.norm(jax.lax.stop_gradient(fz))
-        finite = jnp.isfinite(err) & jnp.isfinite(scale)  # inf <= tol * inf must not pass
-        done = finite & (err <= atol + tol * scale)
-        safe_scale = jnp.where(scale > 0, scale, 1.0)
-        res = jnp.where(scale > 0, err / safe_scale, jnp.where(err > 0, inf, 0.0)).astype(dtype)
-        res = jnp.where(finite, res, inf)
+        done, res = residual_test(fz, z, tol, atol)
         better = res < best_res
         best_z = _tree.where(better, z, best_z)
         best_res = jnp.where(better, res, best_res)

@@ -101,13 +101,7 @@ def _fully_implicit_step(tab: ButcherTableau, f, t, y: Y, h, args: Args, root, d
     if tab.stiffly_accurate:
         return jtu.tree_map(lambda z: z[-1], sol.value), stats
     ks = stage_f(ts, sol.value, args)
-    y_next = jtu.tree_map(
-        lambda yl, kl: (yl + h * jnp.tensordot(jnp.asarray(tab.b, kl.dtype), kl, axes=1)).astype(
-            yl.dtype
-        ),
-        y,
-        ks,
-    )
+    y_next = _tree.lincomb(y, h, tab.b, [jtu.tree_map(lambda k, i=i: k[i], ks) for i in range(s)])
     return y_next, stats + StepStats.explicit(s, dtype)
 
 
