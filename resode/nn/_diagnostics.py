@@ -27,6 +27,18 @@ class Diagnostics(eqx.Module):
     residual: Array
     converged: Array
 
+    @classmethod
+    def explicit(cls, num_fevals: int, dtype) -> "Diagnostics":
+        """The record of a body that solves nothing: `num_fevals` evaluations, converged."""
+        zero = jnp.array(0, jnp.int32)
+        return cls(
+            num_fevals=jnp.asarray(num_fevals, jnp.int32),
+            num_jvps=zero,
+            solver_steps=zero,
+            residual=jnp.zeros((), dtype),
+            converged=jnp.array(True),
+        )
+
     def summary(self) -> dict[str, Array]:
         """Batch means (maximum for `residual`, fraction for `converged`), for logging."""
         return {

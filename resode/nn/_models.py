@@ -66,8 +66,7 @@ class Classifier(eqx.Module):
     def __call__(self, x: Array, *, key=None, inference: bool = False):
         y = self.stem(x)
         if self.body_kind == "none":
-            zero = jnp.array(0, jnp.int32)
-            diag = Diagnostics(zero, zero, zero, jnp.zeros((), y.dtype), jnp.array(True))
+            diag = Diagnostics.explicit(0, y.dtype)
         elif self.body_kind == "deq":
             y, diag = self.body(y, inference=inference)
         elif self.body_kind == "ode":
