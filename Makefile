@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(PY) experiments/scheme_orders.py
+	$(VENV)/bin/resode run configs/quickstart.yaml --out runs/quickstart
 
 test: install
 	$(PY) -m pytest -n 2 -q

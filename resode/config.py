@@ -43,7 +43,7 @@ class BodyConfig:
     hidden: int | None = None  # width of the field's hidden layer (default: model.width)
     zero_init: bool = False
     drop_rate: float = 0.0
-    solver: str = "anderson"  # deq, and implicit stages when set to a fixed-point solver
+    solver: str | None = None  # deq (default anderson); implicit stages (default newton)
     adjoint: str = "implicit"
     tol: float = 1e-4
     max_steps: int = 30
@@ -72,6 +72,7 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     steps_per_call: int = 10
     checkpoint_every: int = 500
+    tensorboard: bool = False  # also write TensorBoard event files to RUN_DIR/tensorboard
 
 
 @dataclasses.dataclass
@@ -170,7 +171,8 @@ def validate(cfg: Config) -> None:
         _positive("model.body.hidden", body.hidden)
     if not 0.0 <= body.drop_rate < 1.0:
         raise ConfigError(f"model.body.drop_rate: must be in [0, 1), got {body.drop_rate!r}.")
-    _choice("model.body.solver", body.solver, tuple(SOLVERS))
+    if body.solver is not None:
+        _choice("model.body.solver", body.solver, tuple(SOLVERS))
     _choice("model.body.adjoint", body.adjoint, tuple(ADJOINTS))
     _positive("model.body.tol", body.tol)
     _positive("model.body.max_steps", body.max_steps)

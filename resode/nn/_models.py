@@ -99,6 +99,8 @@ def build_classifier(
     tol: float = 1e-4,
     max_steps: int = 30,
     ode_solver: str = "tsit5",
+    ode_adjoint: str = "recursive_checkpoint",
+    root=None,
     rtol: float = 1e-3,
     atol: float = 1e-6,
     zero_init: bool = False,
@@ -110,8 +112,9 @@ def build_classifier(
     The field is an `MLPField` (mlp stem) or a `ConvField` (conv stems) of state size `width` and
     hidden size `hidden` (default `width`). `body`: ``"none"``, ``"plain"`` (no skip, Euler
     blocks), ``"residual"`` (explicit `scheme`, default euler), ``"implicit"`` (implicit
-    `scheme`, default backward_euler), ``"deq"`` (`solver`, `adjoint`, `tol`, `max_steps`) or
-    ``"ode"`` (`ode_solver`, `rtol`, `atol`). `num_steps` and `tied` apply to stacks. Use
+    `scheme`, default backward_euler; `root` solves its stages, default Newton-Krylov),
+    ``"deq"`` (`solver`, `adjoint`, `tol`, `max_steps`) or ``"ode"`` (`ode_solver`,
+    `ode_adjoint`, `rtol`, `atol`). `num_steps` and `tied` apply to stacks. Use
     [`count_params`][] to match parameter counts across bodies (e.g. by choosing `hidden`).
     """
     if body not in BODIES:
@@ -137,6 +140,7 @@ def build_classifier(
             tied=tied,
             skip=body != "plain",
             drop_rate=drop_rate,
+            root=root,
             key=k_body,
         )
         if body == "implicit" and not body_module.scheme.implicit:
@@ -148,6 +152,8 @@ def build_classifier(
             make_field(k_body), solver=solver, adjoint=adjoint, tol=tol, max_steps=max_steps
         )
     else:
-        body_module = ODEBlock(make_field(k_body), solver=ode_solver, rtol=rtol, atol=atol)
+        body_module = ODEBlock(
+            make_field(k_body), solver=ode_solver, adjoint=ode_adjoint, rtol=rtol, atol=atol
+        )
     head = eqx.nn.Linear(width, num_classes, key=k_head)
     return Classifier(stem_module, body_module, head, body)

@@ -1,4 +1,4 @@
-"""Training-system pieces: checkpoints (the jitted loop and `resode run` build on these)."""
+"""The training system: a jit-compiled, sharded loop, atomic checkpoints and resumable runs."""
 
 from ._checkpoint import (
     CheckpointError,
@@ -7,11 +7,22 @@ from ._checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from ._loop import Trainer, TrainState, build_model, check_dataset, make_optimizer
+from ._plots import plot_run
+from ._run import TrainingDiverged, train_run
 
 __all__ = [
     "CheckpointError",
+    "TrainState",
+    "Trainer",
+    "TrainingDiverged",
+    "build_model",
+    "check_dataset",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "make_optimizer",
+    "plot_run",
     "save_checkpoint",
+    "train_run",
 ]

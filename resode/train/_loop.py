@@ -1,0 +1,325 @@
+"""The jit-compiled training loop: optax, device-resident data, `lax.scan` over steps, sharding.
+
+A [`Trainer`][] owns one model structure, one optimiser and one dataset placed on the devices.
+Its training call runs `length` steps in one compiled `lax.scan` (batches drawn on the device by
+[`resode.data.batch_indices`][], so nothing crosses the host between steps) and donates the train
+state, so parameters and optimiser state are updated in place. Each distinct `length` is compiled
+once, ahead of time, and reused: a second call never recompiles.
+
+Data parallelism: with several local devices the batch is sharded along a one-axis mesh
+(``"data"``) and parameters, optimiser state and the (small) datasets are replicated; XLA inserts
+the gradient all-reduce. The same code runs on one CPU, one GPU or all of them.
+"""
+
+import math
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jaxtyping import Array, PRNGKeyArray
+
+from ..config import Config, ConfigError
+from ..data import Dataset, batch_indices
+from ..nn import build_classifier
+
+TASKS = ("classification", "regression")
+
+
+class TrainState(eqx.Module):
+    """Everything a training step changes, and everything a checkpoint must hold.
+
+    `params` are the model's floating-point arrays (the rest of the model is static), `opt_state`
+    the optax state, `step` the number of steps taken (it also fixes the data position: batch s is
+    a function of `data_key` and s), `data_key` the key of the batch order and `dropout_key` the
+    key folded with the step for stochastic depth.
+    """
+
+    params: Any
+    opt_state: Any
+    step: Array
+    data_key: Array
+    dropout_key: Array
+
+
+def make_optimizer(cfg: Config) -> optax.GradientTransformation:
+    """The optax transformation of ``cfg.train``: clipping, then adam / adamw / sgd (momentum)
+    with a learning rate that warms up linearly for `warmup_steps` and then stays constant or
+    decays along a cosine to 0 at `steps`."""
+    t = cfg.train
+    if t.schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(
+            0.0 if t.warmup_steps else t.lr, t.lr, t.warmup_steps, max(t.steps, t.warmup_steps + 1)
+        )
+    elif t.warmup_steps:
+        lr = optax.join_schedules(
+            [optax.linear_schedule(0.0, t.lr, t.warmup_steps), optax.constant_schedule(t.lr)],
+            [t.warmup_steps],
+        )
+    else:
+        lr = t.lr
+    if t.optimizer == "adam":
+        opt = optax.adam(lr)
+    elif t.optimizer == "adamw":
+        opt = optax.adamw(lr, weight_decay=t.weight_decay)
+    else:
+        opt = optax.sgd(lr, momentum=t.momentum or None)
+    if t.grad_clip is not None:
+        opt = optax.chain(optax.clip_by_global_norm(t.grad_clip), opt)
+    return opt
+
+
+def check_dataset(cfg: Config, data: Dataset, num_devices: int) -> None:
+    """Config choices that depend on the data and the devices; raises `ConfigError`."""
+    if data.task not in TASKS:
+        raise ConfigError(
+            f"data.name: {data.name!r} is a {data.task} set (trajectories); `resode run` trains "
+            f"classifiers and regressors, choose a set of task {' or '.join(TASKS)}."
+        )
+    n = data.x_train.shape[0]
+    if not 0 < cfg.data.batch_size <= n:
+        raise ConfigError(
+            f"data.batch_size: must be in [1, {n}] (the training examples of {data.name!r}), "
+            f"got {cfg.data.batch_size}."
+        )
+    if cfg.data.batch_size % num_devices:
+        raise ConfigError(
+            f"data.batch_size: {cfg.data.batch_size} must be divisible by the number of devices "
+            f"({num_devices}) to shard the batch."
+        )
+    stem_dims = {"mlp": None, "conv1d": 2, "conv2d": 3}[cfg.model.stem]
+    if stem_dims is not None and len(data.input_shape) != stem_dims:
+        raise ConfigError(
+            f"model.stem: {cfg.model.stem!r} needs inputs of {stem_dims} axes (channels first); "
+            f"{data.name!r} inputs have shape {data.input_shape}. Use model.stem=mlp."
+        )
+
+
+def build_model(cfg: Config, data: Dataset, key: PRNGKeyArray):
+    """The classifier (or regressor) that ``cfg.model`` describes, for the inputs of `data`."""
+    body = cfg.model.body
+    if data.task == "classification":
+        out = data.num_classes
+    else:
+        out = int(np.prod(data.y_train.shape[1:]))
+    solver = body.solver or "anderson"
+    return build_classifier(
+        in_shape=data.input_shape,
+        num_classes=out,
+        stem=cfg.model.stem,
+        width=cfg.model.width,
+        hidden=body.hidden,
+        body=body.kind,
+        scheme=body.scheme,
+        num_steps=body.num_steps,
+        tied=body.tied,
+        solver=solver,
+        adjoint=body.adjoint,
+        tol=body.tol,
+        max_steps=body.max_steps,
+        ode_solver=body.ode_solver,
+        ode_adjoint=body.ode_adjoint,
+        root=body.solver,
+        rtol=body.rtol,
+        atol=body.atol,
+        zero_init=body.zero_init,
+        drop_rate=body.drop_rate,
+        key=key,
+    )
+
+
+def _put(x: np.ndarray, sharding: NamedSharding) -> Array:
+    """A host array as a global array with `sharding` (works with one or several processes)."""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+class Trainer:
+    """Compiled training and evaluation of one config on one dataset, over all local devices.
+
+    **Arguments:** `cfg` (a validated [`Config`][]), `data` (a classification or regression
+    [`Dataset`][]), `devices` (default: `jax.devices()`).
+
+    **Methods:** `init_state()`, `train(state, length) -> (state, metrics)` (metrics: a dict of
+    NumPy arrays with one entry per step), `evaluate(params) -> dict`, `model(params)`,
+    `memory_bytes(length)` (peak temporary memory of the compiled call, from XLA).
+    """
+
+    def __init__(self, cfg: Config, data: Dataset, devices=None):
+        self.cfg = cfg
+        self.data = data
+        devices = list(jax.devices() if devices is None else devices)
+        check_dataset(cfg, data, len(devices))
+        self.mesh = Mesh(np.array(devices), ("data",))
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+        self.num_devices = len(devices)
+        self.classification = data.task == "classification"
+        root_key = jax.random.PRNGKey(cfg.seed)
+        self._model_key, self._data_key, self._dropout_key = jax.random.split(root_key, 3)
+        model = build_model(cfg, data, self._model_key)
+        self.params0, self.static = eqx.partition(model, eqx.is_inexact_array)
+        self.optimizer = make_optimizer(cfg)
+        self.uses_dropout = cfg.model.body.drop_rate > 0
+        # Device-resident data: replicated (small embedded sets); the test set padded to whole
+        # evaluation batches with a mask.
+        self.x_train = _put(data.x_train, self.replicated)
+        self.y_train = _put(data.y_train, self.replicated)
+        n_test = data.x_test.shape[0]
+        per = self.num_devices
+        self.eval_batch = min(1024, math.ceil(n_test / per) * per)
+        num_batches = math.ceil(n_test / self.eval_batch)
+        pad = num_batches * self.eval_batch - n_test
+
+        def batched(a):
+            a = np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)])
+            return _put(a.reshape(num_batches, self.eval_batch, *a.shape[1:]), self.replicated)
+
+        self.x_test = batched(data.x_test)
+        self.y_test = batched(data.y_test)
+        self.test_mask = batched(np.ones(n_test, np.float32))
+        self._compiled: dict[int, Any] = {}
+        self._eval = None
+
+    # -- state -----------------------------------------------------------------------------
+
+    def init_state(self) -> TrainState:
+        """Step 0: the initial parameters and optimiser state, replicated over the devices."""
+        state = TrainState(
+            params=self.params0,
+            opt_state=self.optimizer.init(self.params0),
+            step=jnp.array(0, jnp.int32),
+            data_key=self._data_key,
+            dropout_key=self._dropout_key,
+        )
+        return self.place(state)
+
+    def place(self, state: TrainState) -> TrainState:
+        """`state` (e.g. read from a checkpoint) replicated over the devices."""
+        return jax.tree_util.tree_map(
+            lambda x: _put(np.asarray(x), self.replicated) if eqx.is_array(x) else x, state
+        )
+
+    def model(self, params):
+        """The model with parameters `params`."""
+        return eqx.combine(params, self.static)
+
+    # -- the compiled functions ------------------------------------------------------------
+
+    def _shard(self, x):
+        if self.num_devices == 1:
+            return x
+        return jax.lax.with_sharding_constraint(x, self.batch_sharding)
+
+    def _forward(self, params, x, y, mask, key, inference):
+        model = self.model(params)
+        if key is None:
+            out, diag = jax.vmap(lambda xi: model(xi, inference=inference))(x)
+        else:
+            keys = jax.random.split(key, x.shape[0])
+            out, diag = jax.vmap(lambda xi, ki: model(xi, key=ki, inference=inference))(x, keys)
+        if self.classification:
+            losses = optax.softmax_cross_entropy_with_integer_labels(out, y)
+            correct = (jnp.argmax(out, axis=-1) == y).astype(jnp.float32)
+        else:
+            losses = jnp.mean(jnp.square(out.reshape(y.shape) - y).reshape(y.shape[0], -1), -1)
+            correct = jnp.zeros_like(losses)
+        return losses * mask, correct * mask, diag
+
+    def _loss(self, params, x, y, key):
+        losses, correct, diag = self._forward(params, x, y, 1.0, key, inference=False)
+        return jnp.mean(losses), (jnp.mean(correct), diag)
+
+    def _step(self, state: TrainState, data):
+        x_all, y_all = data
+        idx = batch_indices(state.data_key, state.step, x_all.shape[0], self.cfg.data.batch_size)
+        x, y = self._shard(x_all[idx]), self._shard(y_all[idx])
+        key = jax.random.fold_in(state.dropout_key, state.step) if self.uses_dropout else None
+        (loss, (acc, diag)), grads = jax.value_and_grad(self._loss, has_aux=True)(
+            state.params, x, y, key
+        )
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        params = eqx.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **diag.summary()}
+        if self.classification:
+            metrics["accuracy"] = acc
+        new = TrainState(params, opt_state, state.step + 1, state.data_key, state.dropout_key)
+        return new, metrics
+
+    def _train_fn(self, state: TrainState, data, length: int):
+        return jax.lax.scan(lambda s, _: self._step(s, data), state, None, length=length)
+
+    def compiled(self, state: TrainState, length: int):
+        """The compiled call of `length` steps (compiled on first use, then reused)."""
+        if length not in self._compiled:
+            fn = jax.jit(self._train_fn, static_argnums=2, donate_argnums=0)
+            self._compiled[length] = fn.lower(state, (self.x_train, self.y_train), length).compile()
+        return self._compiled[length]
+
+    def train(self, state: TrainState, length: int) -> tuple[TrainState, dict[str, np.ndarray]]:
+        """Run `length` training steps from `state` (donated: do not reuse it).
+
+        Returns the new state and the per-step metrics (`loss`, `accuracy` for classification,
+        `grad_norm`, and the body's diagnostics: `num_fevals`, `num_jvps`, `solver_steps`,
+        `residual`, `fraction_converged`), fetched to the host.
+        """
+        state, metrics = self.compiled(state, length)(state, (self.x_train, self.y_train))
+        return state, jax.device_get(metrics)
+
+    def memory_bytes(self, length: int) -> int | None:
+        """XLA's peak temporary memory of the compiled `length`-step call (None if unknown)."""
+        if length not in self._compiled:
+            return None
+        analysis = self._compiled[length].memory_analysis()
+        return None if analysis is None else int(analysis.temp_size_in_bytes)
+
+    def _eval_fn(self, params, xs, ys, masks):
+        def batch(carry, inputs):
+            x, y, mask = (self._shard(a) for a in inputs)
+            losses, correct, diag = self._forward(params, x, y, mask, None, inference=True)
+            summed = {
+                "loss": jnp.sum(losses),
+                "correct": jnp.sum(correct),
+                "num_fevals": jnp.sum(diag.num_fevals * mask),
+                "solver_steps": jnp.sum(diag.solver_steps * mask),
+                "residual": jnp.max(diag.residual),
+                "converged": jnp.sum(diag.converged * mask),
+            }
+            summed = {k: v.astype(jnp.float32) for k, v in summed.items()}
+            carry = {
+                k: jnp.maximum(carry[k], v) if k == "residual" else carry[k] + v
+                for k, v in summed.items()
+            }
+            return carry, None
+
+        zero = jnp.zeros((), jnp.float32)
+        init = {k: zero for k in ("loss", "correct", "num_fevals", "solver_steps", "converged")}
+        init["residual"] = zero
+        totals, _ = jax.lax.scan(batch, init, (xs, ys, masks))
+        return totals
+
+    def evaluate(self, params) -> dict[str, float]:
+        """Test-set loss, accuracy (classification) and mean diagnostics, in evaluation mode."""
+        if self._eval is None:
+            self._eval = jax.jit(self._eval_fn)
+        totals = jax.device_get(self._eval(params, self.x_test, self.y_test, self.test_mask))
+        n = self.data.x_test.shape[0]
+        out = {"test_loss": float(totals["loss"]) / n}
+        out["test_accuracy"] = float(totals["correct"]) / n if self.classification else None
+        out["test_num_fevals"] = float(totals["num_fevals"]) / n
+        out["test_solver_steps"] = float(totals["solver_steps"]) / n
+        out["test_residual"] = float(totals["residual"])
+        out["test_fraction_converged"] = float(totals["converged"]) / n
+        return out
+
+
+__all__ = [
+    "TrainState",
+    "Trainer",
+    "build_model",
+    "check_dataset",
+    "make_optimizer",
+]
