@@ -153,10 +153,9 @@ def gradient_flow(stack: ResidualStack, y: Array, loss_fn, args=None) -> Array:
     augmentation), entry `num_steps` its output. `loss_fn` maps the stack's output to a scalar.
     The ratio of the first to the last entry shows whether gradients vanish or explode through
     depth. Evaluation mode (no stochastic depth). Computed with one trajectory and one reverse
-    scan of step VJPs, so it costs about one backward pass.
+    scan of step VJPs, so it costs about one backward pass. Plain stacks (``skip=False``) too:
+    there the states are the blocks' outputs, which is what shows their gradients vanishing.
     """
-    if not stack.skip:
-        raise ValueError("gradient_flow: defined for residual stacks (skip=True).")
     ys = stack.trajectory(y, args)
     fn, step_args = stack.step_function(args, inference=True, dtype=jnp.result_type(ys))
     h = stack.t1 / stack.num_steps
@@ -166,9 +165,11 @@ def gradient_flow(stack: ResidualStack, y: Array, loss_fn, args=None) -> Array:
     def back(g, xs):
         k, y_k, a = xs
         a = eqx.combine(a, static)
-        _, vjp = jax.vjp(
-            lambda z: step(fn, k * h, z, h, a, scheme=stack.scheme, root=stack.root), y_k
-        )
+        if stack.skip:
+            block = lambda z: step(fn, k * h, z, h, a, scheme=stack.scheme, root=stack.root)
+        else:
+            block = lambda z: fn(k * h, z, a)
+        _, vjp = jax.vjp(block, y_k)
         (g_prev,) = vjp(g)
         return g_prev, jnp.linalg.norm(g_prev)
 

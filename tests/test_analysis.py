@@ -108,6 +108,18 @@ def test_gradient_flow_matches_autodiff(scheme, tied):
     np.testing.assert_allclose(float(norms[3]), float(jnp.linalg.norm(g3)), rtol=1e-6)
 
 
+def test_gradient_flow_of_a_plain_stack_matches_autodiff():
+    stack = rn.ResidualStack(lambda k: rn.MLPField(4, 8, key=k), 5, skip=False, key=KEY)
+    y0 = jax.random.normal(KEY, (4,))
+    loss = lambda y: jnp.sum(jnp.sin(y))
+    norms = analysis.gradient_flow(stack, y0, loss)
+    assert norms.shape == (6,)
+    g0 = jax.grad(lambda y: loss(stack(y, inference=True)[0]))(y0)
+    np.testing.assert_allclose(float(norms[0]), float(jnp.linalg.norm(g0)), rtol=1e-6)
+    ys = stack.trajectory(y0)
+    np.testing.assert_allclose(float(norms[-1]), float(jnp.linalg.norm(jnp.cos(ys[-1]))))
+
+
 def test_gradient_fidelity_of_approximate_adjoints():
     field = rn.MLPField(4, 8, key=KEY)
     field = jax.tree_util.tree_map(lambda a: 0.5 * a, field)  # contractive

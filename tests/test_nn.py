@@ -380,5 +380,7 @@ def test_trajectory_runs_from_input_to_output():
     assert ys.shape == (6, DIM + 1)
     np.testing.assert_array_equal(ys[0], stack.augmented(_y0()))
     np.testing.assert_allclose(ys[-1], stack(_y0())[0], rtol=1e-12)
-    with pytest.raises(ValueError, match="residual stacks"):
-        rn.ResidualStack(mlp, 2, skip=False, key=KEY).trajectory(_y0())
+    plain = rn.ResidualStack(mlp, 3, skip=False, key=KEY)
+    ys = plain.trajectory(_y0())
+    assert ys.shape == (4, DIM)
+    np.testing.assert_allclose(ys[-1], plain(_y0())[0], rtol=1e-12)

@@ -154,11 +154,11 @@ class ResidualStack(eqx.Module):
 
     def trajectory(self, y: Array, args=None) -> Array:
         """Every state of the stack in evaluation mode: shape ``(num_steps + 1, *y.shape)`` (with
-        augmentation), from the input to the output. Residual stacks only."""
-        if not self.skip:
-            raise ValueError("trajectory: defined for residual stacks (skip=True).")
+        augmentation), from the input to the output (plain stacks: the output of each block)."""
         y = self.augmented(y)
         fn, step_args = self.step_function(args, inference=True, dtype=jnp.result_type(y))
+        if not self.skip:
+            return self._plain(fn, y, step_args, save_trajectory=True)
         return self._integrate(fn, y, step_args, save_trajectory=True)[1]
 
     def __call__(self, y: Array, args=None, *, key=None, inference: bool = False):
@@ -178,17 +178,20 @@ class ResidualStack(eqx.Module):
         )
         return y1, diag
 
-    def _plain(self, fn, y, step_args):
+    def _plain(self, fn, y, step_args, save_trajectory: bool = False):
         h = self.t1 / self.num_steps
         dynamic, static = eqx.partition(step_args, eqx.is_array)
 
         def body(z, xs):
             k, a = xs
-            return fn(k * h, z, eqx.combine(a, static)).astype(z.dtype), None
+            z = fn(k * h, z, eqx.combine(a, static)).astype(z.dtype)
+            return z, (z if save_trajectory else None)
 
         if self.checkpoint:
             body = jax.checkpoint(body)
         ks = jnp.arange(self.num_steps, dtype=jnp.result_type(y))
-        y1, _ = jax.lax.scan(body, y, (ks, dynamic))
+        y1, ys = jax.lax.scan(body, y, (ks, dynamic))
+        if save_trajectory:
+            return jnp.concatenate([y[None], ys])
         diag = Diagnostics.explicit(self.num_steps, jnp.result_type(y))
         return y1, diag

@@ -23,7 +23,8 @@ from ..config import Config, ConfigError, load_config, save_config, to_yaml
 from ..data import fingerprint, load
 from ..nn import count_params
 from ._checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from ._loop import Trainer, TrainState
+from ._loop import Trainer, TrainState, _host
+from ._measure import measure_body
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
@@ -36,17 +37,6 @@ class TrainingDiverged(RuntimeError):
 
 def _is_main() -> bool:
     return jax.process_index() == 0
-
-
-def _host(tree):
-    """A replicated pytree as NumPy arrays (the first local copy; fine on several hosts)."""
-
-    def get(x):
-        if isinstance(x, jax.Array):
-            return np.asarray(x.addressable_data(0))
-        return x
-
-    return jax.tree_util.tree_map(get, tree)
 
 
 def _finite_or_none(v):
@@ -245,6 +235,13 @@ def train_run(
             tensorboard.close()
 
     final = trainer.evaluate(state.params)
+    n_measure = min(256, data.x_test.shape[0])
+    body = measure_body(
+        trainer.model(_host(state.params)),
+        data.x_test[:n_measure],
+        data.y_test[:n_measure],
+        classification=trainer.classification,
+    )
     rows = _read_metrics(run_dir, None)
     train_rows = [r for r in rows if r["split"] == "train"]
     last = train_rows[-min(len(train_rows), cfg.train.steps_per_call) :]
@@ -261,6 +258,8 @@ def train_run(
         "steps": step,
         "step_time_ms": 1e3 * statistics.median(call_times) if call_times else None,
         "num_fevals": final["test_num_fevals"],
+        "backward_vjps": body["backward_vjps"],
+        "grad_flow": body["grad_flow"],
         "solver_steps": final["test_solver_steps"],
         "residual": final["test_residual"],
         "fraction_converged": final["test_fraction_converged"],

@@ -1,0 +1,75 @@
+"""Post-training measurements of a classifier's body, for the depth study: gradient flow through
+the body and the field evaluations of one backward pass."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ..analysis import gradient_flow
+from ..solvers import JFB, BackwardStats, ImplicitAdjoint, Phantom, backward_probe
+
+# Reverse mode through a scan (explicit stacks) or through diffrax's recursive checkpointing
+# applies one VJP of the field per forward evaluation (recomputed steps are forward evaluations).
+_ONE_VJP_PER_EVAL = {"plain", "residual"}
+
+
+def _head_loss(model, label, classification):
+    def loss(z):
+        if z.ndim > 1:
+            z = jnp.mean(z, axis=tuple(range(1, z.ndim)))
+        out = model.head(z)
+        if classification:
+            return optax.softmax_cross_entropy_with_integer_labels(out, label)
+        return jnp.mean(jnp.square(out.reshape(label.shape) - label))
+
+    return loss
+
+
+def measure_body(model, x, y, *, classification: bool) -> dict:
+    """Evaluation-mode measurements of `model`'s body on the examples `x`, `y`.
+
+    - `grad_flow`: median over examples of ``||dL/dy_0|| / ||dL/dy_N||``, the gradient norm at
+      the body's input over that at its output (stacks; None for other bodies). Below 1:
+      gradients shrink on their way back through depth; above 1: they grow.
+    - `backward_vjps`: field VJPs per example in one backward pass: for explicit stacks one per
+      forward evaluation; for a DEQ with the implicit adjoint its linear-solve iterations plus
+      the parameter VJP, observed with [`resode.backward_probe`][] (JFB: 1, phantom: its
+      `steps`, by construction); for an ODE block with recursive checkpointing one per
+      forward evaluation; None where it is not observed (implicit stacks, whose adjoint linear
+      solves are not instrumented, the unrolled DEQ adjoint and the backsolve ODE adjoint).
+    """
+    kind = model.body_kind
+    out = {"grad_flow": None, "backward_vjps": None}
+    if kind in ("plain", "residual", "implicit"):
+
+        def ratio(xi, yi):
+            norms = gradient_flow(model.body, model.stem(xi), _head_loss(model, yi, classification))
+            return norms[0] / norms[-1]
+
+        out["grad_flow"] = float(np.median(np.asarray(jax.jit(jax.vmap(ratio))(x, y))))
+    if kind in _ONE_VJP_PER_EVAL or (
+        kind == "ode"
+        and model.body.adjoint == "recursive_checkpoint"
+        and model.body.solver != "kvaerno5"
+    ):
+        _, diag = jax.jit(jax.vmap(lambda xi: model(xi, inference=True)))(x)
+        out["backward_vjps"] = float(np.mean(np.asarray(diag.num_fevals)))
+    elif kind == "deq" and isinstance(model.body.adjoint, JFB):
+        out["backward_vjps"] = 1.0  # autodiff through one step from z*
+    elif kind == "deq" and isinstance(model.body.adjoint, Phantom):
+        out["backward_vjps"] = float(model.body.adjoint.steps)  # autodiff through k steps
+    elif kind == "deq" and isinstance(model.body.adjoint, ImplicitAdjoint):
+
+        def total(probe):
+            def one(xi, yi):
+                z, _ = model.body(model.stem(xi), inference=True, probe=probe)
+                return _head_loss(model, yi, classification)(z)
+
+            return jnp.sum(jax.vmap(one)(x, y))
+
+        g = jax.jit(jax.grad(total))(backward_probe())
+        stats = BackwardStats.from_cotangent(g)
+        n = x.shape[0]
+        out["backward_vjps"] = float(stats.num_steps + n) / n
+    return out
