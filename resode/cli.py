@@ -1,4 +1,11 @@
-"""The ``resode`` command line: ``resode run CONFIG [key=value ...] [--out DIR]``.
+"""The ``resode`` command line.
+
+- ``resode run CONFIG [key=value ...] [--out DIR]``: train and evaluate one model.
+- ``resode sweep CONFIG [key=value ...] [--out DIR] [--jobs N] [--list] [--index I]``: every
+  point of the config's ``sweep:`` block, one run directory each, then a report.
+- ``resode report DIR [DIR ...] [--out DIR]``: a table, a CSV and plots comparing runs.
+- ``resode bench [--quick] [--only NAME[,NAME]]``: the benchmarks of a source checkout, then
+  one table of their headline ratios against the targets.
 
 Exit status: 0 on success, 2 for a config or usage error (one line on stderr naming the key and
 what is allowed, no traceback), 1 when training stops (a non-finite loss) or a checkpoint cannot
@@ -25,6 +32,7 @@ def _run(args) -> int:
     from .train import CheckpointError, TrainingDiverged, train_run
 
     cfg = load_config(args.config, args.overrides)
+    cfg.sweep = None  # a run is one point; `resode sweep` expands the block
     if args.distributed:
         import jax
 
@@ -37,6 +45,86 @@ def _run(args) -> int:
         return 1
     if not args.quiet:
         print(f"results: {out}/summary.json, {out}/metrics.jsonl, plots in {out}/plots/")
+    return 0
+
+
+def _sweep(args) -> int:
+    from .report import write_report
+    from .sweep import Sweep
+
+    out = Path(args.out) if args.out else default_run_dir(args.config, args.overrides)
+    sweep = Sweep(args.config, args.overrides, out)
+    if args.list:
+        for i in range(len(sweep)):
+            print(sweep.command(i))
+        return 0
+    if args.index is not None:
+        sweep.write_manifest()
+        summary = sweep.run_point(args.index, quiet=args.quiet)
+        return 0 if summary.get("status") in ("finished",) else 1
+    sweep.run(jobs=args.jobs, quiet=args.quiet)
+    report = write_report([out])
+    if not args.quiet:
+        print(f"report: {report}, {out}/report.csv, plots in {out}/plots/")
+    return 0
+
+
+def _report(args) -> int:
+    from .report import write_report
+
+    try:
+        path = write_report(args.dirs, args.out)
+    except FileNotFoundError as exc:
+        print(f"resode report: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {path}")
+    return 0
+
+
+#: `resode bench` names -> scripts in the checkout's benchmarks/ (run in this order).
+BENCHES = {
+    "rk": "bench_rk",
+    "implicit": "bench_implicit",
+    "fixed_point": "bench_fixed_point",
+    "layers": "bench_layers",
+    "ode": "bench_ode",
+    "train": "bench_train",
+}
+
+
+def _bench(args) -> int:
+    import importlib
+
+    bench_dir = Path(__file__).resolve().parents[1] / "benchmarks"
+    if not (bench_dir / "_harness.py").is_file():
+        print(
+            f"resode bench: no benchmarks/ next to the package ({bench_dir}); run it from a "
+            "source checkout (pip install -e .)",
+            file=sys.stderr,
+        )
+        return 2
+    names = list(BENCHES)
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in names if n not in BENCHES]
+        if unknown:
+            raise ConfigError(
+                f"--only: unknown benchmark {unknown[0]!r}; choose from: {', '.join(BENCHES)}."
+            )
+    sys.path.insert(0, str(bench_dir))
+    harness = importlib.import_module("_harness")
+    start = len(harness.RATIOS)
+    for name in names:
+        print(f"\n## {name} ({BENCHES[name]}.py)\n", flush=True)
+        print(importlib.import_module(BENCHES[name]).main(quick=args.quick), flush=True)
+    rows = []
+    for r in harness.RATIOS[start:]:
+        target = f"{r.op} {r.target:g}" if r.target is not None else "-"
+        met = {True: "yes", False: "NO", None: "-"}[r.met]
+        rows.append([r.bench, r.name, f"{r.value:.3g}", target, met])
+    print("\n## Headline ratios" + (" (--quick: tiny sizes, not meaningful)" if args.quick else ""))
+    print()
+    print(harness.markdown_table(["bench", "ratio", "value", "target", "met"], rows))
     return 0
 
 
@@ -61,6 +149,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="call jax.distributed.initialize() first (multi-host data parallelism)",
     )
     run.set_defaults(func=_run)
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="run every point of a config's sweep block",
+        description="Run each point of CONFIG's `sweep:` block in its own run directory under "
+        "--out (finished points are skipped, so an interrupted sweep resumes), then write "
+        "REPORT.md, report.csv and plots/ there.",
+    )
+    sweep.add_argument("config", help="a YAML config with a `sweep:` block")
+    sweep.add_argument("overrides", nargs="*", help="key=value overrides applied to every point")
+    sweep.add_argument("--out", help="sweep directory (default: runs/<config name>[__overrides])")
+    sweep.add_argument("--jobs", type=int, default=1, help="points run at once (processes)")
+    sweep.add_argument(
+        "--list", action="store_true", help="print one command per point (for array jobs)"
+    )
+    sweep.add_argument("--index", type=int, help="run point I only (0-based; see --list)")
+    sweep.add_argument("--quiet", action="store_true", help="no messages and no progress bars")
+    sweep.set_defaults(func=_sweep)
+
+    report = sub.add_parser(
+        "report",
+        help="compare finished runs",
+        description="Write REPORT.md, report.csv and plots/ comparing run directories (or sweep "
+        "directories of runs).",
+    )
+    report.add_argument("dirs", nargs="+", help="run or sweep directories")
+    report.add_argument("--out", help="where to write (default: the first directory)")
+    report.set_defaults(func=_report)
+
+    bench = sub.add_parser(
+        "bench",
+        help="run the benchmarks and print their ratios",
+        description="Run the scripts in benchmarks/ (resode against hand-written JAX, diffrax, "
+        "optimistix and torchdiffeq; install the peers with `pip install -e .[bench]`) and "
+        "print one table of headline ratios against their targets.",
+    )
+    bench.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
+    bench.add_argument("--only", help=f"comma-separated subset of: {', '.join(BENCHES)}")
+    bench.set_defaults(func=_bench)
     return parser
 
 

@@ -192,11 +192,9 @@ def validate(cfg: Config) -> None:
     _positive("train.checkpoint_every", cfg.train.checkpoint_every)
     _positive("eval.every", cfg.eval.every)
     if cfg.sweep is not None:
-        for key, values in cfg.sweep.items():
-            if not isinstance(values, list | tuple) or not values:
-                raise ConfigError(
-                    f"sweep.{key}: must be a non-empty list of values, got {values!r}."
-                )
+        from .sweep import expand_sweep  # (imports this module)
+
+        expand_sweep(cfg.sweep)
 
 
 def to_yaml(cfg: Config) -> str:
