@@ -34,6 +34,7 @@ bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench_rk.py
 	$(PY) benchmarks/bench_fixed_point.py
 	$(PY) benchmarks/bench_layers.py
+	$(PY) benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info

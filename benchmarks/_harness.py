@@ -79,6 +79,36 @@ def temp_bytes(jitted, *args) -> int | None:
     return None if analysis is None else int(analysis.temp_size_in_bytes)
 
 
+@dataclasses.dataclass(frozen=True)
+class Ratio:
+    """One headline figure of a benchmark: `value` against `target` (met when ``value op
+    target``, op one of ``<=``, ``>=``; no target: reported only)."""
+
+    bench: str
+    name: str
+    value: float
+    op: str | None = None
+    target: float | None = None
+
+    @property
+    def met(self) -> bool | None:
+        if self.target is None or self.op is None:
+            return None
+        return self.value <= self.target if self.op == "<=" else self.value >= self.target
+
+
+#: Every ratio recorded in this process (`resode bench` prints them as one table).
+RATIOS: list[Ratio] = []
+
+
+def record(bench: str, name: str, value: float, op: str | None = None, target=None) -> str:
+    """Record a headline ratio and return its report line, e.g. ``- a / b = 1.02 (target <=
+    1.10)``."""
+    RATIOS.append(Ratio(bench, name, float(value), op, target))
+    tail = f" (target {op} {target:g})" if target is not None else ""
+    return f"- {name} = {value:.3g}{tail}"
+
+
 def machine_summary() -> str:
     versions = []
     for pkg in (

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import lineax as lx
 import numpy as np
-from _harness import machine_summary, markdown_table, temp_bytes, time_interleaved
+from _harness import machine_summary, markdown_table, record, temp_bytes, time_interleaved
 
 import resode
 
@@ -159,7 +159,7 @@ def contenders(batch, dim):
 
 
 def memory_table(params, target, dim, steps_list):
-    rows = []
+    rows, by_adjoint = [], {}
     z0 = jnp.zeros_like(target)
     for adjoint in ("implicit", "jfb", "phantom", "unrolled"):
         sizes = []
@@ -175,7 +175,9 @@ def memory_table(params, target, dim, steps_list):
             )
             sizes.append(temp_bytes(jax.jit(jax.grad(loss)), params))
         rows.append([adjoint] + [f"{s / 1024:.0f}" for s in sizes])
-    return markdown_table(["adjoint"] + [f"max_steps={m} (KiB)" for m in steps_list], rows)
+        by_adjoint[adjoint] = sizes
+    table = markdown_table(["adjoint"] + [f"max_steps={m} (KiB)" for m in steps_list], rows)
+    return table, by_adjoint
 
 
 def main(quick: bool = False) -> str:
@@ -191,6 +193,8 @@ def main(quick: bool = False) -> str:
     t_fwd = time_interleaved({n: (lambda f=f: f(params)) for n, f in fwd.items()}, repeats=repeats)
     t_bwd = time_interleaved({n: (lambda g=g: g(params)) for n, g in grad.items()}, repeats=repeats)
 
+    steps_list = (10, 50) if quick else (10, 50, 200)
+    mem_table, mem = memory_table(params, target, dim, steps_list)
     ref_name = next(
         (n for n in solves if n.startswith("optimistix")), "hand-written custom-VJP picard"
     )
@@ -229,8 +233,31 @@ def main(quick: bool = False) -> str:
         "",
         "Temporary memory of the compiled forward+backward (resode picard; XLA memory analysis):",
         "",
-        memory_table(params, target, dim, (10, 50) if quick else (10, 50, 200)),
+        mem_table,
+        "",
     ]
+    if ref_name.startswith("optimistix"):
+        for name in solves:
+            if name.startswith(("resode picard + implicit (", "resode anderson + implicit (")):
+                label = f"optimistix / {name.split(' (')[0]} (fwd+bwd)"
+                out.append(record("fixed_point", label, base / t_bwd[name].median_ms, ">=", 3.0))
+        errs = [grad_err(n) for n in solves if n.startswith("resode") and "implicit" in n]
+        out.append(
+            record(
+                "fixed_point", "max gradient error vs optimistix (implicit)", max(errs), "<=", 1e-5
+            )
+        )
+    for adjoint in ("implicit", "jfb", "phantom"):
+        sizes = mem[adjoint]
+        out.append(
+            record(
+                "fixed_point",
+                f"{adjoint} backward memory, max_steps {steps_list[-1]} / {steps_list[0]}",
+                sizes[-1] / sizes[0],
+                "<=",
+                1.05,
+            )
+        )
     return "\n".join(out)
 
 

@@ -16,7 +16,14 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
-from _harness import compile_seconds, machine_summary, markdown_table, temp_bytes, time_interleaved
+from _harness import (
+    compile_seconds,
+    machine_summary,
+    markdown_table,
+    record,
+    temp_bytes,
+    time_interleaved,
+)
 
 import resode.nn as rn
 
@@ -113,10 +120,9 @@ def main(quick: bool = False) -> str:
         "",
         markdown_table(["depth", "ResidualStack (scan)", "Python-unrolled ResNet"], rows),
         "",
-        f"- ResidualStack compile time depth {deep} / depth 1 = {secs[deep] / secs[1]:.2f} "
-        "(target <= 1.5; depth 1 is a one-trip loop, which XLA removes)",
-        f"- ResidualStack compile time depth {depths[-1]} / depth 2 = "
-        f"{secs[depths[-1]] / secs[2]:.2f}",
+        record("layers", f"compile time depth {deep} / depth 1", secs[deep] / secs[1], "<=", 1.5)
+        + " (depth 1 is a one-trip loop, which XLA removes)",
+        record("layers", f"compile time depth {depths[-1]} / depth 2", secs[depths[-1]] / secs[2]),
         "",
     ]
 
@@ -159,7 +165,7 @@ def main(quick: bool = False) -> str:
             ],
         ),
         "",
-        f"- resode / hand-written = {r:.2f} (target <= 1.15)",
+        record("layers", "tied RK4 training step: resode / hand-written", r, "<=", 1.15),
         "",
     ]
 
