@@ -11,6 +11,7 @@ Shows: (1) compile time of a training step of an untied Euler ResidualStack at d
 """
 
 import argparse
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -21,7 +22,9 @@ from _harness import (
     machine_summary,
     markdown_table,
     record,
+    save_plot,
     temp_bytes,
+    time_call,
     time_interleaved,
 )
 
@@ -181,25 +184,44 @@ def main(quick: bool = False) -> str:
         ),
     }
     mem_depths = (2, 4) if quick else (4, 16, 64)
-    rows = []
+    rows, series = [], {}
+    time_repeats = 2 if quick else 10
     for name, build in bodies.items():
-        sizes = []
+        sizes, times = [], []
         for d in mem_depths:
             body = build(d)
             step, opt = train_step_fn(stack_forward)
-            sizes.append(
-                temp_bytes(step, body, opt.init(eqx.filter(body, eqx.is_inexact_array)), x, target)
+            opt_state = opt.init(eqx.filter(body, eqx.is_inexact_array))
+            sizes.append(temp_bytes(step, body, opt_state, x, target))
+            t = time_call(
+                lambda s=step, b=body, o=opt_state: s(b, o, x, target), repeats=time_repeats
             )
-        rows.append([name] + [f"{s / 2**20:.1f}" for s in sizes])
+            times.append(t.median_ms)
+        rows.append(
+            [name] + [f"{s / 2**20:.1f} / {t:.1f}" for s, t in zip(sizes, times, strict=True)]
+        )
+        series[name] = (list(mem_depths), [s / 2**20 for s in sizes])
     deq = rn.DEQ(make_field(key), solver="picard")
     step, opt = train_step_fn(lambda m, x: jax.vmap(lambda v: m(v)[0])(x))
-    deq_mem = temp_bytes(step, deq, opt.init(eqx.filter(deq, eqx.is_inexact_array)), x, target)
+    opt_state = opt.init(eqx.filter(deq, eqx.is_inexact_array))
+    deq_mem = temp_bytes(step, deq, opt_state, x, target)
+    deq_ms = time_call(lambda: step(deq, opt_state, x, target), repeats=time_repeats).median_ms
     rows.append(
         ["DEQ (picard, implicit adjoint; depth-free)"]
-        + [f"{deq_mem / 2**20:.1f}"] * len(mem_depths)
+        + [f"{deq_mem / 2**20:.1f} / {deq_ms:.1f}"] * len(mem_depths)
     )
+    series["DEQ (depth-free)"] = (list(mem_depths), [deq_mem / 2**20] * len(mem_depths))
+    if not quick:
+        save_plot(
+            Path(__file__).parent / "memory_vs_depth.png",
+            series,
+            xlabel="depth (steps)",
+            ylabel="temporary memory of a training step (MiB)",
+            title=f"MLP {WIDTH}->{HIDDEN}->{WIDTH}, batch {batch}, float32 (XLA memory analysis)",
+        )
     out += [
-        f"Temporary memory (MiB) of the training step against depth (batch {batch}):",
+        f"Temporary memory (MiB) / median time (ms) of the training step against depth "
+        f"(batch {batch}):",
         "",
         markdown_table(["body"] + [f"depth {d}" for d in mem_depths], rows),
     ]

@@ -10,6 +10,7 @@ Shows: RK4, 20 steps, batch 256, MLP field 64 -> 128 -> 64 (tanh), float32, forw
 
 import argparse
 import functools
+from pathlib import Path
 
 import diffrax as dfx
 import jax
@@ -20,6 +21,7 @@ from _harness import (
     machine_summary,
     markdown_table,
     record,
+    save_plot,
     time_call,
     time_interleaved,
 )
@@ -196,6 +198,7 @@ def grid(quick: bool) -> str:
         ]
         repeats = 9
     rows, worst = [], {"hand": [], "diffrax": [], "torch": []}
+    by_steps: dict[str, tuple[list, list]] = {}
     for scheme, n, b, w in cases:
         params, y0, target = init(jax.random.PRNGKey(0), b, w, w)
         fwd, both = {}, {}
@@ -210,6 +213,12 @@ def grid(quick: bool) -> str:
         r_hand = (med(tf, "resode") / med(tf, "hand"), med(tb, "resode") / med(tb, "hand"))
         r_dfx = (med(tf, "diffrax") / med(tf, "resode"), med(tb, "diffrax") / med(tb, "resode"))
         worst["hand"].append(r_hand[1])
+        if (b, w) == (256, 64):
+            for who, t in [("resode", tb), ("hand-written scan", tb), ("diffrax", tb)]:
+                key = "hand" if who == "hand-written scan" else who
+                xs, ys = by_steps.setdefault(f"{scheme}: {who}", ([], []))
+                xs.append(n)
+                ys.append(med(t, key))
         worst["diffrax"].append(r_dfx[1])
         row = [scheme, n, b, w, f"{med(tf, 'resode'):.3f}", f"{med(tb, 'resode'):.3f}"]
         row += [f"{r_hand[0]:.2f}", f"{r_hand[1]:.2f}", f"{r_dfx[0]:.2f}", f"{r_dfx[1]:.2f}"]
@@ -219,10 +228,22 @@ def grid(quick: bool) -> str:
                 torch_t[1].median_ms / med(tb, "resode"),
             )
             worst["torch"].append(r_t[1])
+            if (b, w) == (256, 64):
+                xs, ys = by_steps.setdefault(f"{scheme}: torchdiffeq", ([], []))
+                xs.append(n)
+                ys.append(torch_t[1].median_ms)
             row += [f"{r_t[0]:.2f}", f"{r_t[1]:.2f}"]
         else:
             row += ["-", "-"]
         rows.append(row)
+    if not quick:
+        save_plot(
+            Path(__file__).parent / "time_vs_steps.png",
+            by_steps,
+            xlabel="steps",
+            ylabel="forward+backward time (ms)",
+            title="batch 256, width 64, float32, CPU",
+        )
     header = [
         "scheme",
         "steps",

@@ -137,6 +137,16 @@ def _put(x: np.ndarray, sharding: NamedSharding) -> Array:
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
+def _host(tree):
+    """A replicated pytree as NumPy arrays, from the first local copy (so it also works when the
+    arrays span several processes, where `jax.device_get` would refuse)."""
+
+    def get(x):
+        return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x
+
+    return jax.tree_util.tree_map(get, tree)
+
+
 class Trainer:
     """Compiled training and evaluation of one config on one dataset, over all local devices.
 
@@ -267,7 +277,7 @@ class Trainer:
         `residual`, `fraction_converged`), fetched to the host.
         """
         state, metrics = self.compiled(state, length)(state, (self.x_train, self.y_train))
-        return state, jax.device_get(metrics)
+        return state, _host(metrics)
 
     def memory_bytes(self, length: int) -> int | None:
         """XLA's peak temporary memory of the compiled `length`-step call (None if unknown)."""
@@ -305,7 +315,7 @@ class Trainer:
         """Test-set loss, accuracy (classification) and mean diagnostics, in evaluation mode."""
         if self._eval is None:
             self._eval = jax.jit(self._eval_fn)
-        totals = jax.device_get(self._eval(params, self.x_test, self.y_test, self.test_mask))
+        totals = _host(self._eval(params, self.x_test, self.y_test, self.test_mask))
         n = self.data.x_test.shape[0]
         out = {"test_loss": float(totals["loss"]) / n}
         out["test_accuracy"] = float(totals["correct"]) / n if self.classification else None
