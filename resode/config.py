@@ -197,6 +197,17 @@ def validate(cfg: Config) -> None:
         expand_sweep(cfg.sweep)
 
 
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested dict (e.g. ``dataclasses.asdict(cfg)``) as ``{dotted key: value}``."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def to_yaml(cfg: Config) -> str:
     """The resolved config as YAML (what a run directory's ``config.yaml`` holds)."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import load_config
+from .config import flatten, load_config
 
 #: (summary key, column title, format) of the table and CSV, in order.
 METRICS = [
@@ -30,16 +30,6 @@ METRICS = [
 #: Metrics plotted against each numeric swept key.
 PLOTTED = ["test_accuracy", "step_time_ms", "memory_bytes", "num_fevals", "grad_flow"]
 _IGNORED = {"sweep"}
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 @dataclasses.dataclass
@@ -76,7 +66,7 @@ def collect_runs(dirs) -> list[Run]:
                 if summary_path.exists()
                 else {"status": "unfinished"}
             )
-            runs.append(Run(run, _flatten(cfg), summary))
+            runs.append(Run(run, flatten(cfg), summary))
     return runs
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ..config import Config, ConfigError, load_config, save_config, to_yaml
+from ..config import Config, ConfigError, flatten, load_config, save_config, to_yaml
 from ..data import fingerprint, load
 from ..nn import count_params
 from ._checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -44,16 +44,6 @@ def _finite_or_none(v):
     return v if math.isfinite(v) else None
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _check_same_config(run_dir: Path, cfg: Config) -> None:
     saved_path = run_dir / CONFIG
     saved = load_config(saved_path)
@@ -61,7 +51,7 @@ def _check_same_config(run_dir: Path, cfg: Config) -> None:
         return
     import dataclasses
 
-    old, new = _flatten(dataclasses.asdict(saved)), _flatten(dataclasses.asdict(cfg))
+    old, new = flatten(dataclasses.asdict(saved)), flatten(dataclasses.asdict(cfg))
     key = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
     raise ConfigError(
         f"{key}: the run directory {str(run_dir)!r} was made with {old.get(key)!r}, this config "
