@@ -20,6 +20,7 @@ def test_resode_bench_quick_runs_every_benchmark_and_prints_the_ratio_table(caps
         "implicit backward memory",
         "tied RK4 training step: resode / hand-written",
         "ODEBlock / direct diffrax, fwd+bwd",
+        "steps/s: resode / minimal hand-written loop",
     ):
         assert needle in table, needle
     # Every row has a value; rows with a target say whether it was met.
