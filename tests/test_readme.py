@@ -35,6 +35,10 @@ def _inputs():
 def test_readme_blocks_run_in_order(tmp_path, monkeypatch):
     """A reader runs the blocks top to bottom; later blocks may use names defined earlier.
     (In a temporary directory: some examples write files, e.g. checkpoints.)"""
+    # The examples run from a scratch copy of the checkout's configs (they write run directories).
+    import shutil
+
+    shutil.copytree(Path(__file__).parents[1] / "configs", tmp_path / "configs")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RESODE_CACHE", str(tmp_path / "cache"))
     assert len(BLOCKS) >= 5
