@@ -123,6 +123,8 @@ def findings(runs) -> str:
             + " / ".join(_fmt(s and s.get("test_accuracy")) for _, s in imp)
             + ", forward NFE "
             + " / ".join(_fmt(s and s.get("num_fevals"), ".1f") for _, s in imp)
+            + ", backward VJPs "
+            + " / ".join(_fmt(s and s.get("backward_vjps"), ".1f") for _, s in imp)
             + "."
         )
         lines.append("")

@@ -42,8 +42,9 @@ class ResidualStack(eqx.Module):
       ODEs); the field must be built for the augmented size, and the output keeps them.
     - `key`: keyword-only.
 
-    Call as ``stack(y, args=None, *, key=None, inference=False) -> (y_out, Diagnostics)`` on one
-    example (vmap over a batch); `args` is injected into every field call.
+    Call as ``stack(y, args=None, *, key=None, inference=False, probe=None) -> (y_out,
+    Diagnostics)`` on one example (vmap over a batch); `args` is injected into every field call;
+    `probe` ([`resode.backward_probe`][]) observes the implicit stages' backward solves.
     """
 
     field: AbstractVectorField
@@ -161,14 +162,16 @@ class ResidualStack(eqx.Module):
             return self._plain(fn, y, step_args, save_trajectory=True)
         return self._integrate(fn, y, step_args, save_trajectory=True)[1]
 
-    def __call__(self, y: Array, args=None, *, key=None, inference: bool = False):
+    def __call__(self, y: Array, args=None, *, key=None, inference: bool = False, probe=None):
         y = self.augmented(y)
         fn, step_args = self.step_function(
             args, key=key, inference=inference, dtype=jnp.result_type(y)
         )
         if not self.skip:
             return self._plain(fn, y, step_args)
-        y1, stats = self._integrate(fn, y, step_args, return_stats=True, checkpoint=self.checkpoint)
+        y1, stats = self._integrate(
+            fn, y, step_args, return_stats=True, checkpoint=self.checkpoint, probe=probe
+        )
         diag = Diagnostics(
             num_fevals=stats.num_fevals,
             num_jvps=stats.num_jvps,

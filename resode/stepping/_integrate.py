@@ -30,6 +30,7 @@ def step(
     scheme: "str | Scheme | ButcherTableau" = "rk4",
     root=None,
     return_stats: bool = False,
+    probe=None,
 ):
     """One Runge--Kutta step of size `h` from ``(t, y)`` for ``dy/dt = f(t, y, args)``.
 
@@ -48,13 +49,15 @@ def step(
       tolerance of 100 machine epsilons. Stages are differentiated by the implicit function
       theorem, never through the iterations.
     - `return_stats`: also return a [`StepStats`][] (evaluations, stage iterations, residuals).
+    - `probe`: a [`resode.backward_probe`][]; its cotangent holds the statistics of the stage
+      solves' backward passes ([`resode.BackwardStats`][]). Implicit schemes only.
 
     **Returns:** `y_next` (same structure and dtypes as `y`), or ``(y_next, stats)``.
     """
     y, dtype, scheme, root = _prepare(y, scheme, root)
     t = jnp.asarray(t, dtype)
     h = jnp.asarray(h, dtype)
-    y_next, stats = rk_step(scheme, f, t, y, h, args, root)
+    y_next, stats = rk_step(scheme, f, t, y, h, args, root, probe)
     return (y_next, stats) if return_stats else y_next
 
 
@@ -81,6 +84,7 @@ def integrate(
     save_trajectory: bool = False,
     return_stats: bool = False,
     checkpoint: bool = False,
+    probe=None,
 ):
     """`num_steps` equal steps of `scheme` from `t0` to `t1`, as one `jax.lax.scan`.
 
@@ -98,6 +102,7 @@ def integrate(
     - `checkpoint`: wrap each step in `jax.checkpoint`, so that reverse-mode autodiff stores only
       the state between steps and recomputes the stages: less memory, about one more forward
       pass of compute.
+    - `probe`: as in [`resode.step`][], summed over every stage solve of every step.
 
     **Returns:** `y1`; or ``(ts, ys)`` with `save_trajectory` (`ts` has shape
     ``(num_steps + 1,)``; each leaf of `ys` has leading axis ``num_steps + 1``, starting with
@@ -119,7 +124,7 @@ def integrate(
         y, stats = carry
         k, args_k = x
         args_k = eqx.combine(args_k, static) if per_step_args else args
-        y_next, step_stats = rk_step(scheme, f, t0 + k.astype(dtype) * h, y, h, args_k, root)
+        y_next, step_stats = rk_step(scheme, f, t0 + k.astype(dtype) * h, y, h, args_k, root, probe)
         if scheme.implicit:  # Explicit costs are static: counted outside the loop.
             stats = stats + step_stats
         return (y_next, stats), (y_next if save_trajectory else None)

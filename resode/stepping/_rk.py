@@ -62,7 +62,17 @@ def explicit_fevals(tab: ButcherTableau) -> int:
     return sum(_needed_stages(tab))
 
 
-def _lower_triangular_step(tab: ButcherTableau, f, t, y: Y, h, args: Args, root, dtype):
+def implicit_vjp_counts(tab: ButcherTableau) -> tuple[int, int]:
+    """For the backward pass of one implicit step: ``(explicit, per_iteration)``, the field VJPs
+    outside the stage solves (the stage derivatives combined after solving) and the field VJPs
+    of one adjoint iteration (or of the parameter VJP) of a stage solve."""
+    if tab.explicit or tab.diagonally_implicit:
+        return sum(_needed_stages(tab)), 1
+    s = tab.num_stages
+    return (0 if tab.stiffly_accurate else s), s
+
+
+def _lower_triangular_step(tab: ButcherTableau, f, t, y: Y, h, args: Args, root, dtype, probe=None):
     a, b, c = tab.a, tab.b, tab.c
     s = tab.num_stages
     needed = _needed_stages(tab)
@@ -73,7 +83,12 @@ def _lower_triangular_step(tab: ButcherTableau, f, t, y: Y, h, args: Args, root,
         t_i = t + float(c[i]) * h
         if a[i, i] != 0:
             sol = solve_fixed_point(
-                _stage_map(f, t_i, y_i, h, float(a[i, i])), y_i, args, root, _ADJOINT
+                _stage_map(f, t_i, y_i, h, float(a[i, i])),
+                y_i,
+                args,
+                root,
+                _ADJOINT,
+                probe=probe,
             )
             y_i = sol.value
             stats = stats + _stats_of(sol, 1, dtype)
@@ -87,7 +102,7 @@ def _lower_triangular_step(tab: ButcherTableau, f, t, y: Y, h, args: Args, root,
     return _tree.lincomb(y, h, b, ks), stats
 
 
-def _fully_implicit_step(tab: ButcherTableau, f, t, y: Y, h, args: Args, root, dtype):
+def _fully_implicit_step(tab: ButcherTableau, f, t, y: Y, h, args: Args, root, dtype, probe=None):
     s = tab.num_stages
     ts = t + jnp.asarray(tab.c, dtype) * h
     stage_f = jax.vmap(f, in_axes=(0, 0, None))
@@ -96,7 +111,7 @@ def _fully_implicit_step(tab: ButcherTableau, f, t, y: Y, h, args: Args, root, d
         return _tree.matmul_stages(y, h, tab.a, stage_f(ts, z, args))
 
     z0 = jtu.tree_map(lambda x: jnp.broadcast_to(x[None], (s,) + x.shape), y)
-    sol = solve_fixed_point(stages, z0, args, root, _ADJOINT)
+    sol = solve_fixed_point(stages, z0, args, root, _ADJOINT, probe=probe)
     stats = _stats_of(sol, s, dtype)
     if tab.stiffly_accurate:
         return jtu.tree_map(lambda z: z[-1], sol.value), stats
@@ -105,10 +120,20 @@ def _fully_implicit_step(tab: ButcherTableau, f, t, y: Y, h, args: Args, root, d
     return y_next, stats + StepStats.explicit(s, dtype)
 
 
-def rk_step(scheme: Scheme, f, t, y: Y, h, args: Args, root: AbstractFixedPointSolver | None):
-    """One step of `scheme`; returns ``(y_next, StepStats)``. Inputs already validated."""
+def rk_step(
+    scheme: Scheme,
+    f,
+    t,
+    y: Y,
+    h,
+    args: Args,
+    root: AbstractFixedPointSolver | None,
+    probe=None,
+):
+    """One step of `scheme`; returns ``(y_next, StepStats)``. Inputs already validated.
+    `probe` (a [`backward_probe`][]) observes the stage solves' backward passes."""
     tab = scheme.tableau
     dtype = _tree.real_dtype(y)
     if tab.explicit or tab.diagonally_implicit:
-        return _lower_triangular_step(tab, f, t, y, h, args, root, dtype)
-    return _fully_implicit_step(tab, f, t, y, h, args, root, dtype)
+        return _lower_triangular_step(tab, f, t, y, h, args, root, dtype, probe)
+    return _fully_implicit_step(tab, f, t, y, h, args, root, dtype, probe)

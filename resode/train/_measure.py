@@ -8,6 +8,7 @@ import optax
 
 from ..analysis import gradient_flow
 from ..solvers import JFB, BackwardStats, ImplicitAdjoint, Phantom, backward_probe
+from ..stepping._rk import implicit_vjp_counts
 
 # Reverse mode through a scan (explicit stacks) or through diffrax's recursive checkpointing
 # applies one VJP of the field per forward evaluation (recomputed steps are forward evaluations).
@@ -33,11 +34,13 @@ def measure_body(model, x, y, *, classification: bool) -> dict:
       the body's input over that at its output (stacks; None for other bodies). Below 1:
       gradients shrink on their way back through depth; above 1: they grow.
     - `backward_vjps`: field VJPs per example in one backward pass: for explicit stacks one per
-      forward evaluation; for a DEQ with the implicit adjoint its linear-solve iterations plus
-      the parameter VJP, observed with [`resode.backward_probe`][] (JFB: 1, phantom: its
+      forward evaluation; for an implicit stack the stage solves' adjoint iterations and
+      parameter VJPs (observed with [`resode.backward_probe`][]) plus the VJPs of the stage
+      derivatives combined after solving; for a DEQ with the implicit adjoint its adjoint
+      iterations plus the parameter VJP, also observed with the probe (JFB: 1, phantom: its
       `steps`, by construction); for an ODE block with recursive checkpointing one per
-      forward evaluation; None where it is not observed (implicit stacks, whose adjoint linear
-      solves are not instrumented, the unrolled DEQ adjoint and the backsolve ODE adjoint).
+      forward evaluation; None where it is not observed (the unrolled DEQ adjoint and the
+      backsolve ODE adjoint).
     """
     kind = model.body_kind
     out = {"grad_flow": None, "backward_vjps": None}
@@ -55,6 +58,20 @@ def measure_body(model, x, y, *, classification: bool) -> dict:
     ):
         _, diag = jax.jit(jax.vmap(lambda xi: model(xi, inference=True)))(x)
         out["backward_vjps"] = float(np.mean(np.asarray(diag.num_fevals)))
+    elif kind == "implicit":
+        explicit, per_iter = implicit_vjp_counts(model.body.scheme.tableau)
+
+        def total(probe):
+            def one(xi, yi):
+                z, _ = model.body(model.stem(xi), inference=True, probe=probe)
+                return _head_loss(model, yi, classification)(z)
+
+            return jnp.sum(jax.vmap(one)(x, y))
+
+        stats = BackwardStats.from_cotangent(jax.jit(jax.grad(total))(backward_probe()))
+        n = x.shape[0]
+        solves = float(stats.num_steps + stats.num_solves)
+        out["backward_vjps"] = explicit * model.body.num_steps + per_iter * solves / n
     elif kind == "deq" and isinstance(model.body.adjoint, JFB):
         out["backward_vjps"] = 1.0  # autodiff through one step from z*
     elif kind == "deq" and isinstance(model.body.adjoint, Phantom):
