@@ -27,6 +27,21 @@ def _head_loss(model, label, classification):
     return loss
 
 
+def _probed_vjps(model, x, y, classification) -> float:
+    """Adjoint iterations plus parameter VJPs of the body's solves, per example, read from a
+    [`resode.backward_probe`][] passed to the body."""
+
+    def total(probe):
+        def one(xi, yi):
+            z, _ = model.body(model.stem(xi), inference=True, probe=probe)
+            return _head_loss(model, yi, classification)(z)
+
+        return jnp.sum(jax.vmap(one)(x, y))
+
+    stats = BackwardStats.from_cotangent(jax.jit(jax.grad(total))(backward_probe()))
+    return float(stats.num_steps + stats.num_solves) / x.shape[0]
+
+
 def measure_body(model, x, y, *, classification: bool) -> dict:
     """Evaluation-mode measurements of `model`'s body on the examples `x`, `y`.
 
@@ -60,33 +75,12 @@ def measure_body(model, x, y, *, classification: bool) -> dict:
         out["backward_vjps"] = float(np.mean(np.asarray(diag.num_fevals)))
     elif kind == "implicit":
         explicit, per_iter = implicit_vjp_counts(model.body.scheme.tableau)
-
-        def total(probe):
-            def one(xi, yi):
-                z, _ = model.body(model.stem(xi), inference=True, probe=probe)
-                return _head_loss(model, yi, classification)(z)
-
-            return jnp.sum(jax.vmap(one)(x, y))
-
-        stats = BackwardStats.from_cotangent(jax.jit(jax.grad(total))(backward_probe()))
-        n = x.shape[0]
-        solves = float(stats.num_steps + stats.num_solves)
-        out["backward_vjps"] = explicit * model.body.num_steps + per_iter * solves / n
+        solves = _probed_vjps(model, x, y, classification)
+        out["backward_vjps"] = explicit * model.body.num_steps + per_iter * solves
     elif kind == "deq" and isinstance(model.body.adjoint, JFB):
         out["backward_vjps"] = 1.0  # autodiff through one step from z*
     elif kind == "deq" and isinstance(model.body.adjoint, Phantom):
         out["backward_vjps"] = float(model.body.adjoint.steps)  # autodiff through k steps
     elif kind == "deq" and isinstance(model.body.adjoint, ImplicitAdjoint):
-
-        def total(probe):
-            def one(xi, yi):
-                z, _ = model.body(model.stem(xi), inference=True, probe=probe)
-                return _head_loss(model, yi, classification)(z)
-
-            return jnp.sum(jax.vmap(one)(x, y))
-
-        g = jax.jit(jax.grad(total))(backward_probe())
-        stats = BackwardStats.from_cotangent(g)
-        n = x.shape[0]
-        out["backward_vjps"] = float(stats.num_steps + n) / n
+        out["backward_vjps"] = _probed_vjps(model, x, y, classification)
     return out
