@@ -115,6 +115,7 @@ def test_run_writes_config_metrics_summary_plots_and_tensorboard(tmp_path):
         assert summary[key] is not None, key
     assert summary["steps"] == 40 and summary["status"] == "finished"
     assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["num_fevals"] == 4
+    assert summary["memory_bytes"] > 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["split"] == "train"]
     test = [r for r in rows if r["split"] == "test"]
@@ -430,3 +431,11 @@ def test_implicit_stack_backward_vjps_match_a_direct_count(scheme):
     # sees once; resode counts stage evaluations (as its forward NFE does).
     per_call = 2 if scheme == "gauss_legendre4" else 1
     assert measured == per_call * len(calls)
+
+
+def test_memory_of_the_longest_compiled_call_is_reported():
+    trainer = Trainer(_cfg(), load("digits"))
+    assert trainer.memory_bytes() is None  # nothing compiled yet
+    state, _ = trainer.train(trainer.init_state(), 7)
+    assert trainer.memory_bytes() == trainer.memory_bytes(7) > 0
+    assert trainer.memory_bytes(3) is None

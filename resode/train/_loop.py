@@ -155,7 +155,7 @@ class Trainer:
 
     **Methods:** `init_state()`, `train(state, length) -> (state, metrics)` (metrics: a dict of
     NumPy arrays with one entry per step), `evaluate(params) -> dict`, `model(params)`,
-    `memory_bytes(length)` (peak temporary memory of the compiled call, from XLA).
+    `memory_bytes(length=None)` (peak temporary memory of a compiled call, from XLA).
     """
 
     def __init__(self, cfg: Config, data: Dataset, devices=None):
@@ -279,8 +279,11 @@ class Trainer:
         state, metrics = self.compiled(state, length)(state, (self.x_train, self.y_train))
         return state, _host(metrics)
 
-    def memory_bytes(self, length: int) -> int | None:
-        """XLA's peak temporary memory of the compiled `length`-step call (None if unknown)."""
+    def memory_bytes(self, length: int | None = None) -> int | None:
+        """XLA's peak temporary memory of the compiled `length`-step call (default: the longest
+        call compiled so far); None when that call has not been compiled."""
+        if length is None:
+            length = max(self._compiled, default=None)
         if length not in self._compiled:
             return None
         analysis = self._compiled[length].memory_analysis()

@@ -7,6 +7,7 @@ checkpoint (and returns the summary at once when the run has finished); a differ
 the same directory is refused, naming the first key that differs.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -49,8 +50,6 @@ def _check_same_config(run_dir: Path, cfg: Config) -> None:
     saved = load_config(saved_path)
     if to_yaml(saved) == to_yaml(cfg):
         return
-    import dataclasses
-
     old, new = flatten(dataclasses.asdict(saved)), flatten(dataclasses.asdict(cfg))
     key = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
     raise ConfigError(
@@ -253,7 +252,7 @@ def train_run(
         "solver_steps": final["test_solver_steps"],
         "residual": final["test_residual"],
         "fraction_converged": final["test_fraction_converged"],
-        "memory_bytes": trainer.memory_bytes(cfg.train.steps_per_call),
+        "memory_bytes": trainer.memory_bytes(),
         "dataset": data.name,
         "dataset_fingerprint": fingerprint(data),
         "device": str(jax.devices()[0].device_kind),
