@@ -50,13 +50,16 @@ def _run(args) -> int:
 
 def _sweep(args) -> int:
     from .report import write_report
-    from .sweep import Sweep
+    from .sweep import Sweep, point_overrides
 
     out = Path(args.out) if args.out else default_run_dir(args.config, args.overrides)
     sweep = Sweep(args.config, args.overrides, out)
     if args.list:
+        # One line per point: its index, its overrides, and the command that runs it alone
+        # (tab-separated, so `cut -f3` gives the commands of an array job).
         for i in range(len(sweep)):
-            print(sweep.command(i))
+            values = " ".join(point_overrides(sweep.points[i]))
+            print(f"{i}\t{values}\t{sweep.command(i)}")
         return 0
     if args.index is not None:
         sweep.write_manifest()
@@ -191,13 +194,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None):
+    """Parse `argv`, accepting ``key=value`` overrides anywhere, before or after options.
+
+    argparse stops filling a positional list at the first option, so ``CONFIG --out DIR
+    train.steps=30`` would leave ``train.steps=30`` unrecognised; such leftovers are overrides
+    (appended in order). Anything else left over is a usage error (exit 2).
+    """
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*(args.overrides or []), *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parse_args(parser, argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # inside the try: a closed pipe shows here, not at exit
+        return code
     except ConfigError as exc:
         print(f"resode {args.command}: config error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (e.g. `resode sweep CFG --list | head`): stop quietly. Point
+        # stdout at devnull so that the interpreter's final flush does not raise again.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -89,8 +89,13 @@ def test_list_and_index_run_exactly_the_named_point(tmp_path, capsys):
     cfg = _config(tmp_path, "  model.body.num_steps: [1, 2, 3]\n")
     out = tmp_path / "out"
     assert main(["sweep", str(cfg), "--out", str(out), "--list"]) == 0
-    commands = capsys.readouterr().out.strip().splitlines()
-    assert len(commands) == 3 and commands[1].endswith("--index 1")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    rows = [line.split("\t") for line in lines]
+    assert [r[0] for r in rows] == ["0", "1", "2"]
+    assert [r[1] for r in rows] == [f"model.body.num_steps={n}" for n in (1, 2, 3)]
+    commands = [r[2] for r in rows]
+    assert commands[1].endswith("--index 1")
     # Run the command printed for point 1, as a cluster's array job would.
     args = commands[1].split()[1:]
     proc = subprocess.run([sys.executable, "-m", "resode.cli", *args, "--quiet"], cwd=REPO)
