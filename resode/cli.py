@@ -4,6 +4,8 @@
 - ``resode sweep CONFIG [key=value ...] [--out DIR] [--jobs N] [--list] [--index I]``: every
   point of the config's ``sweep:`` block, one run directory each, then a report.
 - ``resode report DIR [DIR ...] [--out DIR]``: a table, a CSV and plots comparing runs.
+- ``resode experiment list | run NAME [key=value ...] [--out DIR] [--quick] | run --all [--quick]
+  | gallery``: experiments that check their own claims (exit 1 when an exact check fails).
 - ``resode bench [--quick] [--only NAME[,NAME]]``: the benchmarks of a source checkout, then
   one table of their headline ratios against the targets.
 
@@ -81,6 +83,64 @@ def _report(args) -> int:
         print(f"resode report: {exc}", file=sys.stderr)
         return 2
     print(f"report: {path}")
+    return 0
+
+
+def _experiment(args) -> int:
+    from .experiments import (
+        list_experiments,
+        load_experiment,
+        run_experiment,
+        verdict,
+        write_gallery,
+    )
+
+    if args.action == "list":
+        for name in list_experiments():
+            print(f"{name}\t{load_experiment(name).CLAIM}")
+        return 0
+    if args.action == "gallery":
+        print(f"gallery: {write_gallery()}")
+        return 0
+    overrides = list(args.overrides or [])
+    if args.all:
+        if args.name is not None or overrides:
+            raise ConfigError(
+                "--all runs every experiment with its own config; give no NAME and no key=value."
+            )
+        base = Path(args.out) if args.out else Path("runs") / "experiments"
+        rows, failed = [], []
+        for name in list_experiments():
+            summary = run_experiment(name, out=base / name, quick=args.quick, quiet=args.quiet)
+            if not summary["all_exact_hold"]:
+                failed.append(name)
+            for c in summary["checks"]:
+                rows.append([name, c["name"], c["kind"], "yes" if c["holds"] else "NO"])
+            if not args.quiet:
+                print(f"{name}: {verdict(summary)} ({summary['runtime_s']:.1f} s)", flush=True)
+        width = [
+            max(len(r[i]) for r in rows + [["experiment", "check", "kind", "holds"]])
+            for i in range(4)
+        ]
+        print()
+        for r in [["experiment", "check", "kind", "holds"], *rows]:
+            print("  ".join(v.ljust(w) for v, w in zip(r, width, strict=True)).rstrip())
+        if failed:
+            print(f"exact checks failed in: {', '.join(failed)}", file=sys.stderr)
+        return 1 if failed else 0
+    if args.name is None:
+        raise ConfigError(
+            "experiment run: name an experiment (see `resode experiment list`) or give --all."
+        )
+    summary = run_experiment(args.name, overrides, args.out, quick=args.quick, quiet=args.quiet)
+    out = Path(args.out) if args.out else Path("runs") / "experiments" / args.name
+    if not args.quiet:
+        for c in summary["checks"]:
+            print(f"  [{'holds' if c['holds'] else 'FAILS'}] {c['kind']:9s} {c['name']}")
+        print(f"{args.name}: {verdict(summary)}; report: {out}/REPORT.md")
+    if not summary["all_exact_hold"]:
+        print(f"resode experiment: an exact check of {args.name} failed (a bug)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -180,6 +240,35 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("dirs", nargs="+", help="run or sweep directories")
     report.add_argument("--out", help="where to write (default: the first directory)")
     report.set_defaults(func=_report)
+
+    experiment = sub.add_parser(
+        "experiment",
+        help="list, run and collect the experiments (claims that check themselves)",
+        description="Experiments live in experiments/<name>/ of the checkout. Exit status of run: "
+        "0 when every exact check holds (whatever the empirical claims found), 1 when an exact "
+        "check fails, 2 for a config or usage error.",
+    )
+    actions = experiment.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="one line per experiment: its name and its claim")
+    actions.add_parser(
+        "gallery", help="regenerate experiments/README.md from the committed summaries"
+    )
+    exp_run = actions.add_parser(
+        "run",
+        help="run one experiment (or --all)",
+        description="Run experiment NAME with key=value overrides of its config (any order with "
+        "the options) into --out (default runs/experiments/NAME): config.yaml, summary.json, "
+        "REPORT.md and plots/.",
+    )
+    exp_run.add_argument("name", nargs="?", help="the experiment (see `resode experiment list`)")
+    exp_run.add_argument("overrides", nargs="*", help="key=value overrides of its config")
+    exp_run.add_argument(
+        "--out", help="run directory (with --all: the parent of one per experiment)"
+    )
+    exp_run.add_argument("--quick", action="store_true", help="a reduced run (seconds; for tests)")
+    exp_run.add_argument("--all", action="store_true", help="run every experiment, then a table")
+    exp_run.add_argument("--quiet", action="store_true", help="no progress messages")
+    experiment.set_defaults(func=_experiment)
 
     bench = sub.add_parser(
         "bench",

@@ -43,6 +43,8 @@ class BodyConfig:
     hidden: int | None = None  # width of the field's hidden layer (default: model.width)
     zero_init: bool = False
     drop_rate: float = 0.0
+    alpha: float = 1.0  # stacks: scale of the residual branch, y + alpha h f(y)
+    learn_alpha: bool = False  # stacks: train alpha (a scalar parameter)
     solver: str | None = None  # deq (default anderson); implicit stages (default newton)
     adjoint: str = "implicit"
     tol: float = 1e-4
@@ -96,16 +98,18 @@ def _one_line(exc: OmegaConfBaseException) -> str:
     return f"{key}: {msg}" if key else msg
 
 
-def load_config(
-    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
-) -> Config:
-    """The defaults, updated by the YAML file at `path` (if any), then by ``key=value`` overrides.
-
-    YAML is read with a safe loader (data only: no tags, nothing executed). Returns a validated
-    [`Config`][]; raises [`ConfigError`][] naming the key for any mistake, and for a missing or
-    unreadable file.
-    """
-    layers = [OmegaConf.structured(Config)]
+def load_typed(
+    schema: type,
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    preset: dict[str, Any] | None = None,
+):
+    """An instance of the dataclass `schema`: its defaults, updated by the YAML file at `path` (if
+    any), then by the dotted-key mapping `preset` (e.g. an experiment's ``--quick`` values), then
+    by ``key=value`` overrides. Types are checked; raises [`ConfigError`][] naming the key (an
+    unknown key, a wrong type, a missing or unreadable file). No range checks: see `validate`."""
+    layers = [OmegaConf.structured(schema)]
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -117,6 +121,10 @@ def load_config(
         if not isinstance(loaded, DictConfig):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys.")
         layers.append(loaded)
+    if preset:
+        layers.append(
+            OmegaConf.from_dotlist([f"{k}={_dotlist_value(v)}" for k, v in preset.items()])
+        )
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.steps=200).")
@@ -125,9 +133,31 @@ def load_config(
         except Exception as exc:
             raise ConfigError(f"override {item!r}: {str(exc).splitlines()[0]}") from None
     try:
-        cfg: Config = OmegaConf.to_object(OmegaConf.merge(*layers))
+        return OmegaConf.to_object(OmegaConf.merge(*layers))
     except OmegaConfBaseException as exc:
         raise ConfigError(_one_line(exc)) from None
+
+
+def _dotlist_value(value) -> str:
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_dotlist_value(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """The defaults, updated by the YAML file at `path` (if any), then by ``key=value`` overrides.
+
+    YAML is read with a safe loader (data only: no tags, nothing executed). Returns a validated
+    [`Config`][]; raises [`ConfigError`][] naming the key for any mistake, and for a missing or
+    unreadable file.
+    """
+    cfg: Config = load_typed(Config, path, overrides)
     validate(cfg)
     return cfg
 
@@ -171,6 +201,11 @@ def validate(cfg: Config) -> None:
         _positive("model.body.hidden", body.hidden)
     if not 0.0 <= body.drop_rate < 1.0:
         raise ConfigError(f"model.body.drop_rate: must be in [0, 1), got {body.drop_rate!r}.")
+    if body.learn_alpha and body.kind not in ("plain", "residual", "implicit"):
+        raise ConfigError(
+            f"model.body.learn_alpha: only stacks (plain, residual, implicit) have alpha, "
+            f"got kind {body.kind!r}."
+        )
     if body.solver is not None:
         _choice("model.body.solver", body.solver, tuple(SOLVERS))
     _choice("model.body.adjoint", body.adjoint, tuple(ADJOINTS))

@@ -10,6 +10,7 @@ from ._fields import (
     GraphField,
     MLPField,
     normalized_laplacian,
+    soft_threshold,
 )
 from ._models import BODIES, STEMS, Classifier, Stem, build_classifier, count_params
 from ._ode import ODEBlock
@@ -33,4 +34,5 @@ __all__ = [
     "ODEBlock",
     "ResidualStack",
     "normalized_laplacian",
+    "soft_threshold",
 ]

@@ -18,6 +18,8 @@ from jaxtyping import Array, Float, PRNGKeyArray
 def _zero_last(layer):
     """The same layer with zero weight and bias, so that a residual block starts as the identity."""
     layer = eqx.tree_at(lambda m: m.weight, layer, jnp.zeros_like(layer.weight))
+    if getattr(layer, "bias", None) is None:
+        return layer
     return eqx.tree_at(lambda m: m.bias, layer, jnp.zeros_like(layer.bias))
 
 
@@ -32,12 +34,24 @@ class AbstractVectorField(eqx.Module):
     def __call__(self, t, y: Array, args: Array | None = None) -> Array: ...
 
 
+def soft_threshold(u: Array, threshold: float) -> Array:
+    r"""The soft-thresholding (shrinkage) nonlinearity ``sign(u) max(|u| - threshold, 0)``.
+
+    Exactly zero on ``[-threshold, threshold]`` (a dead zone), 1-Lipschitz. As the activation of a
+    bias-free [`MLPField`][] (``activation=functools.partial(soft_threshold, threshold=tau)``,
+    ``use_bias=False``) the block ``x + W_2 soft(W_1 x)`` is exactly the identity wherever every
+    pre-activation lies in the dead zone.
+    """
+    return jnp.sign(u) * jnp.maximum(jnp.abs(u) - threshold, 0.0)
+
+
 class MLPField(AbstractVectorField):
     """``f(t, y) = W_L act(... act(W_1 [y + x, t] + b_1) ...) + b_L`` on vectors of size `dim`.
 
     **Arguments:** `dim` (state size), `hidden` (width), `depth` (hidden layers, default 1),
     `activation` (default tanh), `time_dependent` (append t as an input), `zero_init` (zero last
-    layer: a residual step starts as the identity), `key` (keyword-only).
+    layer: a residual step starts as the identity), `use_bias` (default True; False gives
+    ``W_L act(... act(W_1 y))``), `key` (keyword-only).
     """
 
     layers: tuple[eqx.nn.Linear, ...]
@@ -53,6 +67,7 @@ class MLPField(AbstractVectorField):
         activation: Callable = jax.nn.tanh,
         time_dependent: bool = False,
         zero_init: bool = False,
+        use_bias: bool = True,
         key: PRNGKeyArray,
     ):
         if depth < 1:
@@ -60,7 +75,8 @@ class MLPField(AbstractVectorField):
         keys = jax.random.split(key, depth + 1)
         sizes = [dim + int(time_dependent)] + [hidden] * depth + [dim]
         layers = [
-            eqx.nn.Linear(a, b, key=k) for a, b, k in zip(sizes[:-1], sizes[1:], keys, strict=True)
+            eqx.nn.Linear(a, b, use_bias=use_bias, key=k)
+            for a, b, k in zip(sizes[:-1], sizes[1:], keys, strict=True)
         ]
         if zero_init:
             layers[-1] = _zero_last(layers[-1])

@@ -105,6 +105,8 @@ def build_classifier(
     atol: float = 1e-6,
     zero_init: bool = False,
     drop_rate: float = 0.0,
+    alpha: float = 1.0,
+    learn_alpha: bool = False,
     key: PRNGKeyArray,
 ) -> Classifier:
     """A classifier whose body is any kind of depth over one field family.
@@ -114,7 +116,8 @@ def build_classifier(
     blocks), ``"residual"`` (explicit `scheme`, default euler), ``"implicit"`` (implicit
     `scheme`, default backward_euler; `root` solves its stages, default Newton-Krylov),
     ``"deq"`` (`solver`, `adjoint`, `tol`, `max_steps`) or ``"ode"`` (`ode_solver`,
-    `ode_adjoint`, `rtol`, `atol`). `num_steps` and `tied` apply to stacks. Use
+    `ode_adjoint`, `rtol`, `atol`). `num_steps`, `tied`, `alpha` (the residual branch's scale) and
+    `learn_alpha` apply to stacks. Use
     [`count_params`][] to match parameter counts across bodies (e.g. by choosing `hidden`).
     """
     if body not in BODIES:
@@ -140,6 +143,8 @@ def build_classifier(
             tied=tied,
             skip=body != "plain",
             drop_rate=drop_rate,
+            alpha=alpha,
+            learn_alpha=learn_alpha,
             root=root,
             key=k_body,
         )

@@ -7,17 +7,20 @@ from ._checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from ._fit import FitResult, fit
 from ._loop import Trainer, TrainState, build_model, check_dataset, make_optimizer
 from ._plots import plot_run
 from ._run import TrainingDiverged, train_run
 
 __all__ = [
     "CheckpointError",
+    "FitResult",
     "TrainState",
     "Trainer",
     "TrainingDiverged",
     "build_model",
     "check_dataset",
+    "fit",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",

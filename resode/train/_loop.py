@@ -72,8 +72,11 @@ def make_optimizer(cfg: Config) -> optax.GradientTransformation:
     return opt
 
 
-def check_dataset(cfg: Config, data: Dataset, num_devices: int) -> None:
-    """Config choices that depend on the data and the devices; raises `ConfigError`."""
+def check_dataset(cfg: Config, data: Dataset, num_devices: int, *, own_model: bool = False) -> None:
+    """Config choices that depend on the data and the devices; raises `ConfigError`.
+
+    `own_model`: the model is given (not built from ``cfg.model``), so its keys are not checked.
+    """
     if data.task not in TASKS:
         raise ConfigError(
             f"data.name: {data.name!r} is a {data.task} set (trajectories); `resode run` trains "
@@ -91,7 +94,7 @@ def check_dataset(cfg: Config, data: Dataset, num_devices: int) -> None:
             f"({num_devices}) to shard the batch."
         )
     stem_dims = {"mlp": None, "conv1d": 2, "conv2d": 3}[cfg.model.stem]
-    if stem_dims is not None and len(data.input_shape) != stem_dims:
+    if not own_model and stem_dims is not None and len(data.input_shape) != stem_dims:
         raise ConfigError(
             f"model.stem: {cfg.model.stem!r} needs inputs of {stem_dims} axes (channels first); "
             f"{data.name!r} inputs have shape {data.input_shape}. Use model.stem=mlp."
@@ -127,6 +130,8 @@ def build_model(cfg: Config, data: Dataset, key: PRNGKeyArray):
         atol=body.atol,
         zero_init=body.zero_init,
         drop_rate=body.drop_rate,
+        alpha=body.alpha,
+        learn_alpha=body.learn_alpha,
         key=key,
     )
 
@@ -151,18 +156,21 @@ class Trainer:
     """Compiled training and evaluation of one config on one dataset, over all local devices.
 
     **Arguments:** `cfg` (a validated [`Config`][]), `data` (a classification or regression
-    [`Dataset`][]), `devices` (default: `jax.devices()`).
+    [`Dataset`][]), `devices` (default: `jax.devices()`), `model` (optional, keyword-only: train
+    this equinox module instead of the one ``cfg.model`` describes; it is called on one example as
+    ``model(x, key=k, inference=b) -> (output, Diagnostics)``, as [`resode.nn.Classifier`][] and
+    [`resode.nn.ResidualStack`][] are; ``cfg.model`` is then ignored).
 
     **Methods:** `init_state()`, `train(state, length) -> (state, metrics)` (metrics: a dict of
     NumPy arrays with one entry per step), `evaluate(params) -> dict`, `model(params)`,
     `memory_bytes(length=None)` (peak temporary memory of a compiled call, from XLA).
     """
 
-    def __init__(self, cfg: Config, data: Dataset, devices=None):
+    def __init__(self, cfg: Config, data: Dataset, devices=None, *, model=None):
         self.cfg = cfg
         self.data = data
         devices = list(jax.devices() if devices is None else devices)
-        check_dataset(cfg, data, len(devices))
+        check_dataset(cfg, data, len(devices), own_model=model is not None)
         self.mesh = Mesh(np.array(devices), ("data",))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
@@ -170,7 +178,8 @@ class Trainer:
         self.classification = data.task == "classification"
         root_key = jax.random.PRNGKey(cfg.seed)
         self._model_key, self._data_key, self._dropout_key = jax.random.split(root_key, 3)
-        model = build_model(cfg, data, self._model_key)
+        if model is None:
+            model = build_model(cfg, data, self._model_key)
         self.params0, self.static = eqx.partition(model, eqx.is_inexact_array)
         self.optimizer = make_optimizer(cfg)
         self.uses_dropout = cfg.model.body.drop_rate > 0
@@ -181,18 +190,23 @@ class Trainer:
         n_test = data.x_test.shape[0]
         per = self.num_devices
         self.eval_batch = min(1024, math.ceil(n_test / per) * per)
-        num_batches = math.ceil(n_test / self.eval_batch)
-        pad = num_batches * self.eval_batch - n_test
+
+        self._splits = {"test": self._batched(data.x_test, data.y_test)}
+        self.x_test, self.y_test, self.test_mask = self._splits["test"]
+        self._compiled: dict[int, Any] = {}
+        self._eval = None
+
+    def _batched(self, x: np.ndarray, y: np.ndarray):
+        """`x`, `y` and a mask as whole evaluation batches: leading axes (batches, eval_batch)."""
+        n = x.shape[0]
+        num_batches = math.ceil(n / self.eval_batch)
+        pad = num_batches * self.eval_batch - n
 
         def batched(a):
             a = np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)])
             return _put(a.reshape(num_batches, self.eval_batch, *a.shape[1:]), self.replicated)
 
-        self.x_test = batched(data.x_test)
-        self.y_test = batched(data.y_test)
-        self.test_mask = batched(np.ones(n_test, np.float32))
-        self._compiled: dict[int, Any] = {}
-        self._eval = None
+        return batched(x), batched(y), batched(np.ones(n, np.float32))
 
     # -- state -----------------------------------------------------------------------------
 
@@ -314,18 +328,26 @@ class Trainer:
         totals, _ = jax.lax.scan(batch, init, (xs, ys, masks))
         return totals
 
-    def evaluate(self, params) -> dict[str, float]:
-        """Test-set loss, accuracy (classification) and mean diagnostics, in evaluation mode."""
+    def evaluate(self, params, split: str = "test") -> dict[str, float]:
+        """Loss, accuracy (classification) and mean diagnostics in evaluation mode, on the test
+        set (default) or the training set (``split="train"``); keys are prefixed by the split
+        (``test_loss``, ``test_accuracy`` (None for regression), ``test_num_fevals``,
+        ``test_solver_steps``, ``test_residual`` (the largest), ``test_fraction_converged``)."""
+        if split not in ("test", "train"):
+            raise ValueError(f"Trainer.evaluate: `split` must be 'test' or 'train', got {split!r}.")
+        if split not in self._splits:
+            self._splits[split] = self._batched(self.data.x_train, self.data.y_train)
         if self._eval is None:
             self._eval = jax.jit(self._eval_fn)
-        totals = _host(self._eval(params, self.x_test, self.y_test, self.test_mask))
-        n = self.data.x_test.shape[0]
-        out = {"test_loss": float(totals["loss"]) / n}
-        out["test_accuracy"] = float(totals["correct"]) / n if self.classification else None
-        out["test_num_fevals"] = float(totals["num_fevals"]) / n
-        out["test_solver_steps"] = float(totals["solver_steps"]) / n
-        out["test_residual"] = float(totals["residual"])
-        out["test_fraction_converged"] = float(totals["converged"]) / n
+        totals = _host(self._eval(params, *self._splits[split]))
+        n = (self.data.x_test if split == "test" else self.data.x_train).shape[0]
+        p = split + "_"
+        out = {p + "loss": float(totals["loss"]) / n}
+        out[p + "accuracy"] = float(totals["correct"]) / n if self.classification else None
+        out[p + "num_fevals"] = float(totals["num_fevals"]) / n
+        out[p + "solver_steps"] = float(totals["solver_steps"]) / n
+        out[p + "residual"] = float(totals["residual"])
+        out[p + "fraction_converged"] = float(totals["converged"]) / n
         return out
 
 

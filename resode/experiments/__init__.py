@@ -1,0 +1,57 @@
+"""Experiments that check their own claims.
+
+Each experiment (a folder ``experiments/<name>/`` of the checkout) states a claim from the
+chapters resode starts from, measures it and reports [`Check`][] records: **exact** checks
+(identities and bounds whose expected values come from the run's own parameters; a failure is a
+bug, exit status 1) and **empirical** ones (claims measured over several seeds, reported as
+found). ``resode experiment list | run NAME | run --all | gallery`` drive them; this module is the
+shared machinery (check records, seeds and spreads, plots, summaries, reports, the gallery).
+"""
+
+from ._check import (
+    Check,
+    empirical_check,
+    exact_check,
+    fmt_spread,
+    jsonable,
+    seed_list,
+    spread,
+)
+from ._plots import plot_series
+from ._runner import (
+    Context,
+    Result,
+    checks_table,
+    experiment_config,
+    experiments_dir,
+    gallery_text,
+    list_experiments,
+    load_experiment,
+    machine,
+    run_experiment,
+    verdict,
+    write_gallery,
+)
+
+__all__ = [
+    "Check",
+    "Context",
+    "Result",
+    "checks_table",
+    "empirical_check",
+    "exact_check",
+    "experiment_config",
+    "experiments_dir",
+    "fmt_spread",
+    "gallery_text",
+    "jsonable",
+    "list_experiments",
+    "load_experiment",
+    "machine",
+    "plot_series",
+    "run_experiment",
+    "seed_list",
+    "spread",
+    "verdict",
+    "write_gallery",
+]

@@ -1,0 +1,132 @@
+"""Check records, seeds and spreads: the vocabulary every experiment reports in."""
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+KINDS = ("exact", "empirical")
+COMPARISONS = ("equal", "le", "ge")
+
+
+@dataclasses.dataclass
+class Check:
+    """One claim, what was expected, what was measured, and whether it held.
+
+    **Fields:**
+
+    - `name`: a short identifier (``identity_error``).
+    - `kind`: ``"exact"`` (an identity or bound that holds for any parameters; expected value
+      computed from the run's own parameters; failure is a bug) or ``"empirical"`` (a claim from the
+      chapters measured over seeds; failure is a finding).
+    - `claim`: the claim in words.
+    - `expected`, `measured`, `tolerance`: numbers (or short lists / strings for empirical
+      claims); `tolerance` is None where it does not apply.
+    - `holds`: whether the claim held in this run.
+    - `detail`: optional text, e.g. the per-seed values.
+    """
+
+    name: str
+    kind: str
+    claim: str
+    expected: Any
+    measured: Any
+    tolerance: Any
+    holds: bool
+    detail: str = ""
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(
+                f"Check {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}."
+            )
+        self.holds = bool(self.holds)
+
+    def as_dict(self) -> dict[str, Any]:
+        return jsonable(dataclasses.asdict(self))
+
+
+def exact_check(
+    name: str,
+    claim: str,
+    *,
+    measured: float,
+    expected: float,
+    tolerance: float,
+    compare: str = "equal",
+    detail: str = "",
+) -> Check:
+    """An exact check: ``|measured - expected| <= tolerance`` (``compare="equal"``), ``measured
+    <= expected + tolerance`` (``"le"``, an upper bound) or ``measured >= expected - tolerance``
+    (``"ge"``, a lower bound). A non-finite measurement never holds."""
+    if compare not in COMPARISONS:
+        raise ValueError(f"exact_check: compare must be one of {COMPARISONS}, got {compare!r}.")
+    m, e, tol = float(measured), float(expected), float(tolerance)
+    if not math.isfinite(m):
+        holds = False
+    elif compare == "equal":
+        holds = abs(m - e) <= tol
+    elif compare == "le":
+        holds = m <= e + tol
+    else:
+        holds = m >= e - tol
+    return Check(name, "exact", claim, e, m, tol, holds, detail)
+
+
+def empirical_check(
+    name: str,
+    claim: str,
+    *,
+    measured: Any,
+    expected: Any,
+    holds: bool,
+    tolerance: Any = None,
+    detail: str = "",
+) -> Check:
+    """An empirical check: `holds` is what this run found (decided by a criterion fixed before the
+    run, stated in `expected`), never tuned until it passes."""
+    return Check(name, "empirical", claim, expected, measured, tolerance, holds, detail)
+
+
+def seed_list(seed: int, num_seeds: int) -> list[int]:
+    """The seeds of a run: ``seed, seed + 1, ..., seed + num_seeds - 1`` (none dropped)."""
+    return [int(seed) + i for i in range(int(num_seeds))]
+
+
+def spread(values) -> dict[str, Any]:
+    """Mean, sample standard deviation (0 for one value), min, max and count of `values`
+    (non-finite values are kept: they make the mean non-finite, as they should)."""
+    v = np.asarray(list(values), dtype=np.float64)
+    return {
+        "mean": float(np.mean(v)),
+        "std": float(np.std(v, ddof=1)) if v.size > 1 else 0.0,
+        "min": float(np.min(v)),
+        "max": float(np.max(v)),
+        "n": int(v.size),
+        "values": [float(x) for x in v],
+    }
+
+
+def fmt_spread(s: dict[str, Any], spec: str = ".3f") -> str:
+    """``mean ± std (n=…)``."""
+    return f"{format(s['mean'], spec)} ± {format(s['std'], spec)} (n={s['n']})"
+
+
+def jsonable(value):
+    """`value` with NumPy scalars and arrays as Python numbers and lists, non-finite floats as
+    None (JSON has no NaN), tuples as lists."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray) or (hasattr(value, "shape") and hasattr(value, "dtype")):
+        return jsonable(np.asarray(value).tolist())
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        f = float(value)
+        return f if math.isfinite(f) else None
+    return value
