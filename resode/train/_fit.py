@@ -4,6 +4,7 @@ import dataclasses
 import time
 from typing import Any
 
+import equinox as eqx
 import numpy as np
 
 from ..config import Config
@@ -38,6 +39,7 @@ def fit(
     model=None,
     devices=None,
     evaluate_train: bool = False,
+    trainer: Trainer | None = None,
 ) -> FitResult:
     """Train for ``cfg.train.steps`` steps in memory and evaluate: `resode run` without files.
 
@@ -47,9 +49,17 @@ def fit(
     `model` (optional) replaces the model that ``cfg.model`` describes (see [`Trainer`][] for its
     calling convention), e.g. a bare [`resode.nn.ResidualStack`][] for a regression whose targets
     have the shape of its inputs.
+
+    `trainer`: reuse this [`Trainer`][] (built for a model of the same structure and the same
+    ``cfg.train``) and its compiled calls; training then starts from `model`'s parameters (or the
+    trainer's own) with the batch order of ``cfg.seed``. Fits over several seeds compile once.
     """
-    trainer = Trainer(cfg, data, devices=devices, model=model)
-    state = trainer.init_state()
+    if trainer is None:
+        trainer = Trainer(cfg, data, devices=devices, model=model)
+        state = trainer.init_state()
+    else:
+        params = None if model is None else eqx.filter(model, eqx.is_inexact_array)
+        state = trainer.init_state(params, seed=cfg.seed)
     history: dict[str, list[np.ndarray]] = {}
     step, elapsed, diverged = 0, 0.0, False
     while step < cfg.train.steps and not diverged:

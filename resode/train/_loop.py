@@ -210,14 +210,24 @@ class Trainer:
 
     # -- state -----------------------------------------------------------------------------
 
-    def init_state(self) -> TrainState:
-        """Step 0: the initial parameters and optimiser state, replicated over the devices."""
+    def init_state(self, params=None, *, seed: int | None = None) -> TrainState:
+        """Step 0: the initial parameters and optimiser state, replicated over the devices.
+
+        `params` (default: the model's own) start from other parameters of the same structure,
+        e.g. ``eqx.filter(other_model, eqx.is_inexact_array)``; `seed` (default ``cfg.seed``)
+        fixes the batch order and stochastic depth. With both, one `Trainer` (and its compiled
+        calls) serves several seeds of the same model structure.
+        """
+        params = self.params0 if params is None else params
+        data_key, dropout_key = self._data_key, self._dropout_key
+        if seed is not None:
+            _, data_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed), 3)
         state = TrainState(
-            params=self.params0,
-            opt_state=self.optimizer.init(self.params0),
+            params=params,
+            opt_state=self.optimizer.init(params),
             step=jnp.array(0, jnp.int32),
-            data_key=self._data_key,
-            dropout_key=self._dropout_key,
+            data_key=data_key,
+            dropout_key=dropout_key,
         )
         return self.place(state)
 
