@@ -224,7 +224,6 @@ def run(cfg: Config, ctx) -> Result:
             )
     mean_end = np.nanmean(cos_end, axis=0)
     top = int(np.argmax(alphas))
-    low = int(np.argmin(alphas))
     held = bool(mean_end[top] < 0)
     checks.append(
         empirical_check(

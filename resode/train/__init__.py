@@ -9,6 +9,7 @@ from ._checkpoint import (
 )
 from ._fit import FitResult, fit
 from ._loop import Trainer, TrainState, build_model, check_dataset, make_optimizer
+from ._measure import measure_body
 from ._plots import plot_run
 from ._run import TrainingDiverged, train_run
 
@@ -25,6 +26,7 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "make_optimizer",
+    "measure_body",
     "plot_run",
     "save_checkpoint",
     "train_run",
