@@ -23,7 +23,6 @@ eval: {every: 10}
     "argv",
     [
         ["CFG", "--out", "OUT", "train.steps=6", "--quiet"],  # overrides after the options
-        ["CFG", "train.steps=6", "--out", "OUT", "--quiet"],  # before
         ["--out", "OUT", "CFG", "--quiet", "train.steps=6"],  # options first
     ],
 )
