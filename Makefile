@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test test-slow lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,12 @@ run: install
 	$(VENV)/bin/resode run configs/quickstart.yaml --out runs/quickstart
 
 test: install
-	$(PY) -m pytest -n 2 -q
+	$(PY) -m pytest -n 2 -q -m "not slow"
+
+# End-to-end smoke tests of a minute or more (resode bench --quick, the quick depth study); CI runs
+# them after `make test`.
+test-slow: install
+	$(PY) -m pytest -n 2 -q -m slow
 
 lint: install
 	$(VENV)/bin/ruff check resode tests benchmarks experiments

@@ -6,6 +6,7 @@ import pytest
 from resode.cli import BENCHES, main
 
 
+@pytest.mark.slow  # about 3-6 min on 2 cores: every benchmark script end to end
 def test_resode_bench_quick_runs_every_benchmark_and_prints_the_ratio_table(capsys):
     assert main(["bench", "--quick"]) == 0
     out = capsys.readouterr().out

@@ -12,7 +12,7 @@ import pytest
 from resode.config import ConfigError, load_config
 from resode.data import Dataset, load
 from resode.nn import MLPField, ResidualStack, build_classifier, soft_threshold
-from resode.train import Trainer, fit
+from resode.train import Trainer, build_model, fit
 
 SMALL = ["train.steps=30", "train.steps_per_call=10", "eval.every=30", "model.width=16"]
 
@@ -43,7 +43,8 @@ def test_reused_trainer_equals_a_fresh_one_for_the_same_seed():
     cfg1 = dataclasses.replace(cfg0, seed=1)
     trainer = Trainer(cfg0, data)
     fresh = fit(cfg1, data)
-    model1 = Trainer(cfg1, data).model(Trainer(cfg1, data).params0)
+    model1 = build_model(cfg1, data)  # seed 1's initialisation, as a fresh Trainer makes it
+    assert eqx.tree_equal(model1, Trainer(cfg1, data).model(Trainer(cfg1, data).params0))
     reused = fit(cfg1, data, model=model1, trainer=trainer)
     np.testing.assert_allclose(reused.history["loss"], fresh.history["loss"], rtol=1e-6)
     assert reused.evaluation["test_loss"] == pytest.approx(fresh.evaluation["test_loss"], 1e-6)
@@ -98,3 +99,21 @@ def test_alpha_from_the_config_reaches_the_stack():
         in_shape=(4,), num_classes=2, alpha=3.0, key=jax.random.PRNGKey(0), width=4
     )
     assert model.body.alpha == 3.0
+
+
+def test_experiment_helpers():
+    from resode.experiments import fit_config, to_float64
+
+    cfg = fit_config(40, 0.02, "seed=3", "train.steps_per_call=7")
+    assert (cfg.train.steps, cfg.train.lr, cfg.eval.every, cfg.seed) == (40, 0.02, 40, 3)
+    assert cfg.train.steps_per_call == 7
+    with pytest.raises(ConfigError, match="train.steps_per_call"):
+        fit_config(10, 0.1, "train.steps_per_call=0")
+    field = MLPField(3, 4, key=jax.random.PRNGKey(0))
+    tree = {"f": field, "c": jnp.ones(2, jnp.complex64), "i": jnp.arange(2), "s": "text"}
+    with jax.enable_x64(True):
+        cast = to_float64(tree)
+    assert cast["f"].layers[0].weight.dtype == jnp.float64
+    assert cast["c"].dtype == jnp.complex128
+    assert cast["i"].dtype == tree["i"].dtype and cast["s"] == "text"
+    np.testing.assert_array_equal(cast["f"].layers[0].weight, field.layers[0].weight)

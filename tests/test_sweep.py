@@ -163,6 +163,7 @@ def test_report_on_two_runs_has_table_csv_and_plots(tmp_path):
     assert main(["report", str(tmp_path / "nothing")]) == 2
 
 
+@pytest.mark.slow  # about 2 min on 2 cores: the ten points of the quick depth study
 def test_quick_study_runs_end_to_end(tmp_path):
     out = tmp_path / "study"
     assert main(["sweep", "configs/depth_comparison_quick.yaml", "--out", str(out), "--quiet"]) == 0

@@ -12,21 +12,22 @@ seeds): after training a fraction of the test inputs lies in the dead zone.
 import dataclasses
 import functools
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resode.config import ConfigError, load_config
+from resode.config import ConfigError
 from resode.data import Dataset
 from resode.experiments import (
     Result,
     empirical_check,
     exact_check,
+    fit_config,
     fmt_spread,
     plot_series,
     seed_list,
     spread,
+    to_float64,
 )
 from resode.nn import MLPField, ResidualStack, soft_threshold
 from resode.train import fit
@@ -80,16 +81,7 @@ def _parts(block):
 
 def run(cfg: Config, ctx) -> Result:
     seeds = seed_list(cfg.seed, cfg.num_seeds)
-    base = load_config(
-        None,
-        [
-            f"train.steps={cfg.steps}",
-            f"train.lr={cfg.lr}",
-            "train.steps_per_call=100",
-            f"eval.every={cfg.steps}",
-            "data.batch_size=128",
-        ],
-    )
+    base = fit_config(cfg.steps, cfg.lr, "train.steps_per_call=100", "data.batch_size=128")
     fractions, teacher_fractions, max_f, max_jac, probe_f, test_loss = [], [], [], [], [], []
     zone_counts = []
     for s in seeds:
@@ -106,9 +98,7 @@ def run(cfg: Config, ctx) -> Result:
         test_loss.append(result.evaluation["test_loss"])
 
         with jax.enable_x64(True):
-            trained = jax.tree_util.tree_map(
-                lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, result.model
-            )
+            trained = to_float64(result.model)
             w1, _ = _parts(trained)
             xt = jnp.asarray(x[n:], jnp.float64)
             field = lambda z: trained(z, inference=True)[0] - z

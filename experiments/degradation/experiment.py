@@ -16,18 +16,19 @@ import dataclasses
 
 import numpy as np
 
-from resode.config import ConfigError, load_config
+from resode.config import ConfigError
 from resode.data import load
 from resode.experiments import (
     Result,
     empirical_check,
     exact_check,
+    fit_config,
     fmt_spread,
     plot_series,
     seed_list,
     spread,
 )
-from resode.train import Trainer, fit, measure_body
+from resode.train import Trainer, build_model, fit, measure_body
 
 CLAIM = "Adding plain layers makes training worse; adding residual blocks does not."
 SOURCE = "principles.md: the degradation problem; x_L = x_0 + sum F_i(x_i)"
@@ -74,25 +75,19 @@ def run(cfg: Config, ctx) -> Result:
         for kind in KINDS:
             trainer = None
             for i, s in enumerate(seeds):
-                c = load_config(
-                    None,
-                    [
-                        f"seed={s}",
-                        f"data.name={cfg.data}",
-                        f"model.width={cfg.width}",
-                        f"model.body.kind={kind}",
-                        f"model.body.num_steps={depth}",
-                        f"train.steps={cfg.steps}",
-                        f"train.lr={cfg.lr}",
-                        "train.steps_per_call=50",
-                        f"eval.every={cfg.steps}",
-                    ],
+                c = fit_config(
+                    cfg.steps,
+                    cfg.lr,
+                    f"seed={s}",
+                    f"data.name={cfg.data}",
+                    f"model.width={cfg.width}",
+                    f"model.body.kind={kind}",
+                    f"model.body.num_steps={depth}",
+                    "train.steps_per_call=50",
                 )
-                if trainer is None:
+                if trainer is None:  # one per depth and kind: its compiled calls serve every seed
                     trainer = Trainer(c, data)
-                    model = None
-                else:  # same structure, this seed's initialisation
-                    model = _init(c, data)
+                model = build_model(c, data)  # this seed's initialisation
                 result = fit(c, data, model=model, trainer=trainer, evaluate_train=True)
                 ev = result.evaluation
                 train_acc[kind][i, j] = ev["train_accuracy"]
@@ -212,13 +207,3 @@ def run(cfg: Config, ctx) -> Result:
         + "\n"
     )
     return Result(checks, figures, report, plots)
-
-
-def _init(c, data):
-    """The model of config `c` (its seed's initialisation) for `data`."""
-    import jax
-
-    from resode.train import build_model
-
-    root = jax.random.PRNGKey(c.seed)
-    return build_model(c, data, jax.random.split(root, 3)[0])

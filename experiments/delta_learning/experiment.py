@@ -21,12 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resode.config import ConfigError, load_config
+from resode.config import ConfigError
 from resode.data import Dataset
 from resode.experiments import (
     Result,
     empirical_check,
     exact_check,
+    fit_config,
     fmt_spread,
     plot_series,
     seed_list,
@@ -176,15 +177,7 @@ def run(cfg: Config, ctx) -> Result:
         ),
     ]
 
-    base = load_config(
-        None,
-        [
-            f"train.steps={cfg.steps}",
-            f"train.lr={cfg.lr}",
-            "train.steps_per_call=100",
-            f"eval.every={cfg.steps}",
-        ],
-    )
+    base = fit_config(cfg.steps, cfg.lr, "train.steps_per_call=100")
     err = {m: np.full((len(seeds), len(sizes)), np.nan) for m in ("scratch", "delta")}
     large = {m: np.full((len(seeds), len(sizes)), np.nan) for m in ("scratch", "delta")}
     # The chains are drawn once (from `seed`); the seeds vary initialisation and batch order, so

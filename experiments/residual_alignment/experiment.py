@@ -15,16 +15,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resode.config import ConfigError, load_config
+from resode.config import ConfigError
 from resode.data import Dataset
 from resode.experiments import (
     Result,
     empirical_check,
     exact_check,
+    fit_config,
     fmt_spread,
     plot_series,
     seed_list,
     spread,
+    to_float64,
 )
 from resode.nn import MLPField, ResidualStack
 from resode.train import Trainer, fit
@@ -83,16 +85,7 @@ def _cosines(model, x, t):
 
 def run(cfg: Config, ctx) -> Result:
     seeds = seed_list(cfg.seed, cfg.num_seeds)
-    base = load_config(
-        None,
-        [
-            f"train.steps={cfg.steps}",
-            f"train.lr={cfg.lr}",
-            "train.steps_per_call=100",
-            f"eval.every={cfg.steps}",
-            "data.batch_size=128",
-        ],
-    )
+    base = fit_config(cfg.steps, cfg.lr, "train.steps_per_call=100", "data.batch_size=128")
     means, means_init, positive, decomposition, mse, mse_identity = [], [], [], [], [], []
     for s in seeds:
         data = _data(cfg, s)
@@ -102,13 +95,10 @@ def run(cfg: Config, ctx) -> Result:
         cfg_s = dataclasses.replace(base, seed=s)
         result = fit(cfg_s, data, model=model, trainer=Trainer(cfg_s, data, model=model))
         with jax.enable_x64(True):
-            f64 = lambda m: jax.tree_util.tree_map(
-                lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, m
-            )
             x = jnp.asarray(data.x_test, jnp.float64)
             t = jnp.asarray(data.y_test, jnp.float64)
-            cos, direct, branch = jax.jit(_cosines)(f64(result.model), x, t)
-            cos0, _, _ = jax.jit(_cosines)(f64(model), x, t)
+            cos, direct, branch = jax.jit(_cosines)(to_float64(result.model), x, t)
+            cos0, _, _ = jax.jit(_cosines)(to_float64(model), x, t)
             decomposition.append(float(jnp.abs(direct - branch) / direct))
             mse.append(float(direct) / cfg.dim)
             mse_identity.append(float(jnp.mean((x - t) ** 2)))

@@ -15,16 +15,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from resode.config import ConfigError, load_config
+from resode.config import ConfigError
 from resode.data import load
 from resode.experiments import (
     Result,
     empirical_check,
     exact_check,
+    fit_config,
     fmt_spread,
     plot_series,
     seed_list,
     spread,
+    to_float64,
 )
 from resode.nn import Classifier, MLPField, ResidualStack, Stem
 from resode.train import Trainer, fit
@@ -65,16 +67,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data: {cfg.data!r} is not allowed; choose one of: digits, mnist1d.")
 
 
-def _f64(tree):
-    return jax.tree_util.tree_map(
-        lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, tree
-    )
-
-
 def _identities(alpha: float, width: int, key) -> dict:
     """dL/dalpha against (grad_y L)^T F(x), and the eigenvalue map, for one alpha (float64)."""
     k_f, k_x, k_t = jax.random.split(key, 3)
-    block = _f64(
+    block = to_float64(
         ResidualStack(
             lambda k: MLPField(width, width, key=k), 1, alpha=alpha, learn_alpha=True, key=k_f
         )
@@ -185,16 +181,12 @@ def run(cfg: Config, ctx) -> Result:
     ]
 
     data = load(cfg.data)
-    base = load_config(
-        None,
-        [
-            f"data.name={cfg.data}",
-            f"train.steps={cfg.steps}",
-            f"train.lr={cfg.lr}",
-            "train.steps_per_call=50",
-            "train.grad_clip=null",
-            f"eval.every={cfg.steps}",
-        ],
+    base = fit_config(
+        cfg.steps,
+        cfg.lr,
+        f"data.name={cfg.data}",
+        "train.steps_per_call=50",
+        "train.grad_clip=null",
     )
     n_probe = min(512, data.x_train.shape[0])
     xp, yp = jnp.asarray(data.x_train[:n_probe]), jnp.asarray(data.y_train[:n_probe])

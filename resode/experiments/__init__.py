@@ -12,10 +12,12 @@ from ._check import (
     Check,
     empirical_check,
     exact_check,
+    fit_config,
     fmt_spread,
     jsonable,
     seed_list,
     spread,
+    to_float64,
 )
 from ._plots import plot_series
 from ._runner import (
@@ -42,6 +44,7 @@ __all__ = [
     "exact_check",
     "experiment_config",
     "experiments_dir",
+    "fit_config",
     "fmt_spread",
     "gallery_text",
     "jsonable",
@@ -52,6 +55,7 @@ __all__ = [
     "run_experiment",
     "seed_list",
     "spread",
+    "to_float64",
     "verdict",
     "write_gallery",
 ]

@@ -130,3 +130,29 @@ def jsonable(value):
         f = float(value)
         return f if math.isfinite(f) else None
     return value
+
+
+def to_float64(tree):
+    """`tree` (e.g. a trained model) with every floating-point array cast to float64 (complex to
+    complex128), for exact checks; call it where x64 is enabled (``with jax.enable_x64(True)``)."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    def cast(a):
+        if not eqx.is_inexact_array(a):
+            return a
+        return a.astype(jnp.complex128 if jnp.iscomplexobj(a) else jnp.float64)
+
+    return jax.tree_util.tree_map(cast, tree)
+
+
+def fit_config(steps: int, lr: float, *overrides: str):
+    """The [`resode.config.Config`][] of an in-memory training ([`resode.train.fit`][]) of `steps`
+    steps at learning rate `lr`, evaluated once at the end, with further ``key=value``
+    `overrides` (e.g. ``"train.steps_per_call=100"``, ``"seed=3"``)."""
+    from ..config import load_config
+
+    return load_config(
+        None, [f"train.steps={steps}", f"train.lr={lr}", f"eval.every={steps}", *overrides]
+    )

@@ -8,7 +8,14 @@ from ._checkpoint import (
     save_checkpoint,
 )
 from ._fit import FitResult, fit
-from ._loop import Trainer, TrainState, build_model, check_dataset, make_optimizer
+from ._loop import (
+    Trainer,
+    TrainState,
+    build_model,
+    check_dataset,
+    make_optimizer,
+    seed_keys,
+)
 from ._measure import measure_body
 from ._plots import plot_run
 from ._run import TrainingDiverged, train_run
@@ -29,5 +36,6 @@ __all__ = [
     "measure_body",
     "plot_run",
     "save_checkpoint",
+    "seed_keys",
     "train_run",
 ]

@@ -101,8 +101,18 @@ def check_dataset(cfg: Config, data: Dataset, num_devices: int, *, own_model: bo
         )
 
 
-def build_model(cfg: Config, data: Dataset, key: PRNGKeyArray):
-    """The classifier (or regressor) that ``cfg.model`` describes, for the inputs of `data`."""
+def seed_keys(seed: int) -> tuple[PRNGKeyArray, PRNGKeyArray, PRNGKeyArray]:
+    """The keys a run derives from its seed: (model initialisation, batch order, stochastic
+    depth)."""
+    model_key, data_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed), 3)
+    return model_key, data_key, dropout_key
+
+
+def build_model(cfg: Config, data: Dataset, key: PRNGKeyArray | None = None):
+    """The classifier (or regressor) that ``cfg.model`` describes, for the inputs of `data`,
+    initialised from `key` (default: the model key of ``cfg.seed``, as a [`Trainer`][] does)."""
+    if key is None:
+        key = seed_keys(cfg.seed)[0]
     body = cfg.model.body
     if data.task == "classification":
         out = data.num_classes
@@ -176,8 +186,7 @@ class Trainer:
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
         self.num_devices = len(devices)
         self.classification = data.task == "classification"
-        root_key = jax.random.PRNGKey(cfg.seed)
-        self._model_key, self._data_key, self._dropout_key = jax.random.split(root_key, 3)
+        self._model_key, self._data_key, self._dropout_key = seed_keys(cfg.seed)
         if model is None:
             model = build_model(cfg, data, self._model_key)
         self.params0, self.static = eqx.partition(model, eqx.is_inexact_array)
@@ -221,7 +230,7 @@ class Trainer:
         params = self.params0 if params is None else params
         data_key, dropout_key = self._data_key, self._dropout_key
         if seed is not None:
-            _, data_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed), 3)
+            _, data_key, dropout_key = seed_keys(seed)
         state = TrainState(
             params=params,
             opt_state=self.optimizer.init(params),

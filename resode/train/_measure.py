@@ -1,6 +1,7 @@
 """Post-training measurements of a classifier's body, for the depth study: gradient flow through
 the body and the field evaluations of one backward pass."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,10 +28,12 @@ def _head_loss(model, label, classification):
     return loss
 
 
-def _probed_vjps(model, x, y, classification) -> float:
-    """Adjoint iterations plus parameter VJPs of the body's solves, per example, read from a
-    [`resode.backward_probe`][] passed to the body."""
+# The compiled measurements take the model as an argument (not a closure), so that models of one
+# structure (several seeds, a sweep's points) share one compilation.
 
+
+@eqx.filter_jit
+def _probe_cotangent(model, x, y, classification: bool, probe):
     def total(probe):
         def one(xi, yi):
             z, _ = model.body(model.stem(xi), inference=True, probe=probe)
@@ -38,7 +41,28 @@ def _probed_vjps(model, x, y, classification) -> float:
 
         return jnp.sum(jax.vmap(one)(x, y))
 
-    stats = BackwardStats.from_cotangent(jax.jit(jax.grad(total))(backward_probe()))
+    return jax.grad(total)(probe)
+
+
+@eqx.filter_jit
+def _grad_ratios(model, x, y, classification: bool):
+    def ratio(xi, yi):
+        norms = gradient_flow(model.body, model.stem(xi), _head_loss(model, yi, classification))
+        return norms[0] / norms[-1]
+
+    return jax.vmap(ratio)(x, y)
+
+
+@eqx.filter_jit
+def _forward_fevals(model, x):
+    return jax.vmap(lambda xi: model(xi, inference=True))(x)[1].num_fevals
+
+
+def _probed_vjps(model, x, y, classification) -> float:
+    """Adjoint iterations plus parameter VJPs of the body's solves, per example, read from a
+    [`resode.backward_probe`][] passed to the body."""
+    cotangent = _probe_cotangent(model, x, y, classification, backward_probe())
+    stats = BackwardStats.from_cotangent(cotangent)
     return float(stats.num_steps + stats.num_solves) / x.shape[0]
 
 
@@ -60,19 +84,15 @@ def measure_body(model, x, y, *, classification: bool) -> dict:
     kind = model.body_kind
     out = {"grad_flow": None, "backward_vjps": None}
     if kind in ("plain", "residual", "implicit"):
-
-        def ratio(xi, yi):
-            norms = gradient_flow(model.body, model.stem(xi), _head_loss(model, yi, classification))
-            return norms[0] / norms[-1]
-
-        out["grad_flow"] = float(np.median(np.asarray(jax.jit(jax.vmap(ratio))(x, y))))
+        ratios = _grad_ratios(model, jnp.asarray(x), jnp.asarray(y), classification)
+        out["grad_flow"] = float(np.median(np.asarray(ratios)))
     if kind in _ONE_VJP_PER_EVAL or (
         kind == "ode"
         and model.body.adjoint == "recursive_checkpoint"
         and model.body.solver != "kvaerno5"
     ):
-        _, diag = jax.jit(jax.vmap(lambda xi: model(xi, inference=True)))(x)
-        out["backward_vjps"] = float(np.mean(np.asarray(diag.num_fevals)))
+        fevals = _forward_fevals(model, jnp.asarray(x))
+        out["backward_vjps"] = float(np.mean(np.asarray(fevals)))
     elif kind == "implicit":
         explicit, per_iter = implicit_vjp_counts(model.body.scheme.tableau)
         solves = _probed_vjps(model, x, y, classification)
