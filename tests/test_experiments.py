@@ -39,6 +39,13 @@ FIGURES = {
     ],
     "residual_scale": ["dalpha_identity_error", "eigen_identity_error", "consecutive_grad_cosine"],
     "deep_linear": ["block_grad_spread", "update_ratio"],
+    "implicit_stability": [
+        "euler_gain",
+        "euler_gain_theory",
+        "backward_euler_gain",
+        "backward_euler_gain_theory",
+        "implicit_max_expansion",
+    ],
     "degradation": [
         "plain_train_accuracy",
         "residual_train_accuracy",
@@ -90,6 +97,7 @@ def test_quick_run_writes_its_summary_and_exact_checks_hold(name, tmp_path):
         ("weyl_bound", ["eps=1.5", "depth=3", "dim=4"]),  # the lower bound is then 0
         ("deep_linear", ["depth=5", "dim=3", "num_examples=17", "lr=0.05", "seed=3"]),
         ("deep_linear", ["depth=1", "dim=2"]),
+        ("implicit_stability", ["step_size=3", "margin=0.5", "max_rate=2", "dim=5", "seed=4"]),
         ("dead_zone", ["threshold=0", "teacher_threshold=0.3", "dim=3", "hidden=5", "steps=5"]),
     ],
 )

@@ -309,6 +309,44 @@ def test_root_solver_options():
         np.testing.assert_allclose(got, ref, rtol=1e-10)
 
 
+def test_newton_line_search_solves_large_backward_euler_steps():
+    """A backward-Euler stage of a saturating monotone field at h = 100: full Newton steps
+    oscillate and never converge; backtracking converges to a true solution, and its extra
+    evaluations are counted."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        w = jnp.asarray(rng.normal(size=(16, 8)) / np.sqrt(8))
+        b = jnp.asarray(rng.normal(size=16))
+        s = rng.normal(size=(8, 8))
+        skew = jnp.asarray((s - s.T) / 2)
+        f = lambda t, y, a: -w.T @ jnp.tanh(w @ y + b) + skew @ y
+        x = jnp.asarray(rng.normal(size=(32, 8)) * 2)
+        h = 100.0
+
+        def solve(root):
+            return jax.vmap(
+                lambda xi: resode.step(
+                    f, 0.0, xi, h, scheme="backward_euler", root=root, return_stats=True
+                )
+            )(x)
+
+        _, plain = solve(resode.Newton(tol=1e-13, max_steps=60))
+        assert not bool(plain.root_converged.all())
+        y, st = solve(resode.Newton(tol=1e-13, max_steps=60, line_search=True))
+        assert bool(st.root_converged.all())
+        residual = jax.vmap(lambda yi, xi: yi - xi - h * f(0.0, yi, None))(y, x)
+        assert float(jnp.abs(residual).max()) < 1e-9 * h
+        assert bool((st.num_fevals > st.root_steps).any())  # backtracking evaluations counted
+        # Where full steps already converge, the line search changes nothing.
+        y1 = resode.step(f, 0.0, x[0], 0.1, scheme="backward_euler")
+        y2 = resode.step(
+            f, 0.0, x[0], 0.1, scheme="backward_euler", root=resode.Newton(line_search=True)
+        )
+        np.testing.assert_allclose(y1, y2, rtol=1e-12)
+    with pytest.raises(ValueError, match="max_backtracks"):
+        resode.Newton(line_search=True, max_backtracks=0)
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [

@@ -73,7 +73,7 @@ class DEQ(eqx.Module):
         )
         jvps = sol.stats.get("num_linear_steps", jnp.array(0, jnp.int32))
         diag = Diagnostics(
-            num_fevals=sol.num_steps,
+            num_fevals=sol.num_steps + sol.stats.get("num_line_search_evals", 0),
             num_jvps=jvps,
             solver_steps=sol.num_steps,
             residual=sol.residual,

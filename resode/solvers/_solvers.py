@@ -108,6 +108,13 @@ class Newton(AbstractFixedPointSolver):
     - `restart`: GMRES restart length (default 20).
     - `linear_solver`: any lineax solver instead of GMRES (e.g. ``lx.LU()`` for small states; it
       materialises the Jacobian).
+    - `line_search` (default False): backtrack along each Newton direction, halving the step
+      until the residual ``||f(z) - z||`` falls by the Armijo factor ``1 - 1e-4 alpha`` (at most
+      `max_backtracks` halvings, default 20; the last trial is taken if none does). The Newton
+      direction is a descent direction of that residual, so this globalises Newton on problems
+      where full steps oscillate, e.g. backward-Euler stages of a saturating field at large step
+      sizes. Costs one evaluation of `f` per trial (counted in the stats as
+      ``num_line_search_evals``).
     """
 
     tol: float | None = eqx.field(default=None, static=True)
@@ -117,14 +124,26 @@ class Newton(AbstractFixedPointSolver):
     linear_max_steps: int = eqx.field(default=50, static=True)
     restart: int = eqx.field(default=20, static=True)
     linear_solver: lx.AbstractLinearSolver | None = eqx.field(default=None, static=True)
+    line_search: bool = eqx.field(default=False, static=True)
+    max_backtracks: int = eqx.field(default=20, static=True)
+
+    def __check_init__(self):
+        if not (isinstance(self.max_backtracks, int) and self.max_backtracks >= 1):
+            raise ValueError(
+                f"Newton: `max_backtracks` must be an integer >= 1, got {self.max_backtracks!r}."
+            )
 
     def init(self, z, args):
-        return jnp.array(0, dtype=jnp.int32)
+        zero = jnp.array(0, dtype=jnp.int32)
+        return (zero, zero)
 
     def evaluate(self, fn, z, args):
-        return jax.linearize(lambda w: fn(w, args), z)
+        fz, jvp = jax.linearize(lambda w: fn(w, args), z)
+        return fz, (jvp, lambda w: fn(w, args))
 
-    def update(self, z, fz, jvp, state, tol):
+    def update(self, z, fz, aux, state, tol):
+        jvp, fn = aux
+        linear_steps, search_evals = state
         rtol = tol if self.linear_rtol is None else self.linear_rtol
         delta, steps = linear_solve(
             lambda v: _tree.sub(v, jvp(v)),
@@ -134,10 +153,34 @@ class Newton(AbstractFixedPointSolver):
             restart=self.restart,
             solver=self.linear_solver,
         )
-        return _tree.add(z, delta), state + steps
+        if not self.line_search:
+            return _tree.add(z, delta), (linear_steps + steps, search_evals)
+        r0 = _tree.norm(_tree.sub(fz, z))
+
+        def residual(alpha):
+            w = _tree.axpy(alpha, delta, z)
+            return _tree.norm(_tree.sub(fn(w), w))
+
+        def cond(carry):
+            alpha, r, k = carry
+            decreased = r <= (1 - 1e-4 * alpha) * r0  # NaN residuals never count as decreased
+            return (~decreased) & (k < self.max_backtracks)
+
+        def body(carry):
+            alpha, _, k = carry
+            alpha = alpha / 2
+            return alpha, residual(alpha), k + 1
+
+        one = jnp.asarray(1.0, r0.dtype)
+        alpha, _, k = jax.lax.while_loop(cond, body, (one, residual(one), jnp.array(0, jnp.int32)))
+        return _tree.axpy(alpha, delta, z), (linear_steps + steps, search_evals + k + 1)
 
     def stats(self, state):
-        return {"num_linear_steps": state}
+        linear_steps, search_evals = state
+        out = {"num_linear_steps": linear_steps}
+        if self.line_search:
+            out["num_line_search_evals"] = search_evals
+        return out
 
 
 def _flat(tree: PyTree):
