@@ -46,6 +46,14 @@ FIGURES = {
         "backward_euler_gain_theory",
         "implicit_max_expansion",
     ],
+    "schrodinger": [
+        "norm_euler",
+        "norm_euler_theory",
+        "norm_backward_euler",
+        "norm_backward_euler_theory",
+        "norm_trapezoid",
+        "error_trapezoid",
+    ],
     "degradation": [
         "plain_train_accuracy",
         "residual_train_accuracy",
@@ -98,6 +106,7 @@ def test_quick_run_writes_its_summary_and_exact_checks_hold(name, tmp_path):
         ("deep_linear", ["depth=5", "dim=3", "num_examples=17", "lr=0.05", "seed=3"]),
         ("deep_linear", ["depth=1", "dim=2"]),
         ("implicit_stability", ["step_size=3", "margin=0.5", "max_rate=2", "dim=5", "seed=4"]),
+        ("schrodinger", ["step_size=1.5", "grid=5", "num_steps=9", "disorder=0", "seed=3"]),
         ("dead_zone", ["threshold=0", "teacher_threshold=0.3", "dim=3", "hidden=5", "steps=5"]),
     ],
 )
