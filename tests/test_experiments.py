@@ -54,6 +54,7 @@ FIGURES = {
         "norm_trapezoid",
         "error_trapezoid",
     ],
+    "wiener_denoising": ["a_learned", "a_theory"],
     "degradation": [
         "plain_train_accuracy",
         "residual_train_accuracy",
