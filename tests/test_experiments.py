@@ -55,6 +55,13 @@ FIGURES = {
         "error_trapezoid",
     ],
     "wiener_denoising": ["a_learned", "a_theory"],
+    "unrolled_deconvolution": [
+        "response_error",
+        "inverse_filter_error",
+        "psnr_learned",
+        "psnr_inverse",
+        "psnr_wiener",
+    ],
     "degradation": [
         "plain_train_accuracy",
         "residual_train_accuracy",
@@ -108,6 +115,21 @@ def test_quick_run_writes_its_summary_and_exact_checks_hold(name, tmp_path):
         ("deep_linear", ["depth=1", "dim=2"]),
         ("implicit_stability", ["step_size=3", "margin=0.5", "max_rate=2", "dim=5", "seed=4"]),
         ("schrodinger", ["step_size=1.5", "grid=5", "num_steps=9", "disorder=0", "seed=3"]),
+        (
+            "unrolled_deconvolution",
+            [
+                "step_size=2.5",
+                "blur_sigma=1",
+                "size=16",
+                "num_blocks=7",
+                "large_blocks=30",
+                "learned_blocks=3",
+                "seed=5",
+                "noise=0.1",
+                "train_steps=10",
+            ],
+        ),  # fmt: skip
+        ("wiener_denoising", ["snr=0.05", "dim=3", "steps=7", "lr_factor=0.45", "signal_std=2"]),
         ("dead_zone", ["threshold=0", "teacher_threshold=0.3", "dim=3", "hidden=5", "steps=5"]),
     ],
 )
