@@ -62,6 +62,7 @@ FIGURES = {
         "psnr_inverse",
         "psnr_wiener",
     ],
+    "derivative_vs_map": ["crossover_step", "per_step"],
     "degradation": [
         "plain_train_accuracy",
         "residual_train_accuracy",
