@@ -63,6 +63,7 @@ FIGURES = {
         "psnr_wiener",
     ],
     "derivative_vs_map": ["crossover_step", "per_step"],
+    "ode_validity": ["accuracy_matrix", "critical_steps"],
     "degradation": [
         "plain_train_accuracy",
         "residual_train_accuracy",
