@@ -65,6 +65,7 @@ FIGURES = {
     "derivative_vs_map": ["crossover_step", "per_step"],
     "ode_validity": ["accuracy_matrix", "critical_steps"],
     "anode": ["node_mse", "anode_mse", "node_nfe", "anode_nfe"],
+    "stiff_dynamics": ["per_scheme"],
     "degradation": [
         "plain_train_accuracy",
         "residual_train_accuracy",
