@@ -22,7 +22,7 @@ run: install
 test: install
 	$(PY) -m pytest -n 2 -q -m "not slow"
 
-# End-to-end smoke tests of a minute or more (resode bench --quick, the quick depth study); CI runs
+# Tests marked slow (end-to-end smoke tests, subprocess and kill-and-resume tests); CI runs
 # them after `make test`.
 test-slow: install
 	$(PY) -m pytest -n 2 -q -m slow

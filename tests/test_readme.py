@@ -5,6 +5,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
@@ -32,6 +33,7 @@ def _inputs():
     }
 
 
+@pytest.mark.slow  # ~20-55 s (subprocesses / full runs); `make test-slow`
 def test_readme_blocks_run_in_order(tmp_path, monkeypatch):
     """A reader runs the blocks top to bottom; later blocks may use names defined earlier.
     (In a temporary directory: some examples write files, e.g. checkpoints.)"""

@@ -85,6 +85,7 @@ def test_bad_values_fail_before_anything_runs(tmp_path, capsys):
     assert code == 2 and "no sweep block" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # ~20-55 s (subprocesses / full runs); `make test-slow`
 def test_list_and_index_run_exactly_the_named_point(tmp_path, capsys):
     cfg = _config(tmp_path, "  model.body.num_steps: [1, 2, 3]\n")
     out = tmp_path / "out"
@@ -108,6 +109,7 @@ def test_list_and_index_run_exactly_the_named_point(tmp_path, capsys):
     }
 
 
+@pytest.mark.slow  # ~20-55 s (subprocesses / full runs); `make test-slow`
 def test_interrupted_sweep_resumes_without_redoing_finished_points(tmp_path):
     cfg = _config(tmp_path, "  model.body.num_steps: [1, 2]\n  model.body.tied: [false, true]\n")
     out = tmp_path / "out"
@@ -121,6 +123,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_points(tmp_path):
     assert Sweep(cfg, [], out).run(quiet=True) == []
 
 
+@pytest.mark.slow  # ~20-55 s (subprocesses / full runs); `make test-slow`
 def test_jobs_run_points_in_parallel_processes(tmp_path):
     cfg = _config(tmp_path, "  model.body.num_steps: [1, 2]\n")
     out = tmp_path / "out"

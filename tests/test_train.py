@@ -261,6 +261,7 @@ def test_resume_equals_uninterrupted_bit_for_bit(tmp_path):
     assert steps == list(range(1, 41))  # the lines of the redone steps are not duplicated
 
 
+@pytest.mark.slow  # ~20-55 s (subprocesses / full runs); `make test-slow`
 def test_kill_loses_only_steps_since_the_last_checkpoint(tmp_path):
     """SIGKILL a real `resode run` between checkpoints; the checkpoint survives and resuming
     ends exactly where an uninterrupted run ends."""
@@ -336,6 +337,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, caps
 # --- data parallelism -----------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~20-55 s (subprocesses / full runs); `make test-slow`
 def test_two_host_devices_give_the_same_loss_as_one():
     script = textwrap.dedent(
         """
