@@ -39,6 +39,7 @@ def test_resode_bench_only_names_the_unknown_benchmark(capsys):
     assert "--only" in err and "'warp'" in err and "rk, implicit" in err
 
 
+@pytest.mark.slow  # ~15 s: a whole benchmark at --quick sizes
 @pytest.mark.parametrize("name", ["train"])
 def test_resode_bench_only_runs_the_named_one(name, capsys):
     assert main(["bench", "--quick", "--only", name]) == 0

@@ -134,6 +134,7 @@ def test_jobs_run_points_in_parallel_processes(tmp_path):
     assert (out / "REPORT.md").exists()
 
 
+@pytest.mark.slow  # ~16 s: two whole runs
 def test_report_on_two_runs_has_table_csv_and_plots(tmp_path):
     for steps in (1, 3):
         code = main(
