@@ -23,8 +23,9 @@ from resode.report import collect_runs, write_report
 HERE = Path(__file__).resolve().parent
 BASE_HIDDEN = 16
 KINDS = {
-    "untied Euler ResNet": lambda c: c["model.body.kind"] == "residual"
-    and not c["model.body.tied"],
+    "untied Euler ResNet": lambda c: (
+        c["model.body.kind"] == "residual" and not c["model.body.tied"]
+    ),
     "tied Euler (one field)": lambda c: c["model.body.kind"] == "residual" and c["model.body.tied"],
     "implicit backward Euler": lambda c: c["model.body.kind"] == "implicit",
     "DEQ (Anderson, implicit adjoint)": lambda c: c["model.body.kind"] == "deq",
