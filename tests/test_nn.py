@@ -44,6 +44,33 @@ def test_conv_field_shapes(dims, shape):
     np.testing.assert_array_equal(zero(0.0, y), 0.0)
 
 
+@pytest.mark.parametrize(
+    "dims, shape, kernel", [(1, (3, 16), 3), (1, (3, 9), 4), (2, (3, 8, 7), 3), (2, (3, 6, 6), 2)]
+)
+def test_conv_same_matmul_equals_lax_convolution(dims, shape, kernel):
+    x = jax.random.normal(KEY, shape, jnp.float64)  # tests run with x64 enabled (conftest)
+    conv = eqx.nn.Conv(dims, 3, 5, kernel, padding="SAME", key=KEY, dtype=jnp.float64)
+    reference = conv(x)
+    np.testing.assert_allclose(rn.conv_same(conv, x, "matmul"), reference, rtol=1e-12)
+    np.testing.assert_allclose(rn.conv_same(conv, x, "lax"), reference, rtol=1e-12)
+    no_bias = eqx.nn.Conv(dims, 3, 5, kernel, padding="SAME", use_bias=False, key=KEY)
+    np.testing.assert_allclose(rn.conv_same(no_bias, x, "matmul"), no_bias(x), rtol=1e-6)
+    fields = {
+        impl: rn.ConvField(3, 4, num_spatial_dims=dims, conv_impl=impl, key=KEY)
+        for impl in ("lax", "matmul")
+    }
+    np.testing.assert_allclose(fields["matmul"](0.0, x), fields["lax"](0.0, x), rtol=1e-6)
+    grads = {
+        impl: eqx.filter_grad(lambda f: jnp.sum(jnp.sin(f(0.0, x))))(f)
+        for impl, f in fields.items()
+    }
+    np.testing.assert_allclose(
+        grads["matmul"].conv_in.weight, grads["lax"].conv_in.weight, rtol=1e-5, atol=1e-6
+    )
+    with pytest.raises(ValueError, match="conv_impl"):
+        rn.ConvField(3, 4, conv_impl="fft", key=KEY)
+
+
 def test_attention_field_is_a_prenorm_attention_block():
     f = rn.AttentionField(8, 2, key=KEY)
     y = jax.random.normal(KEY, (5, 8))

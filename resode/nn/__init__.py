@@ -9,6 +9,7 @@ from ._fields import (
     FunctionField,
     GraphField,
     MLPField,
+    conv_same,
     normalized_laplacian,
     soft_threshold,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "FunctionField",
     "Stem",
     "build_classifier",
+    "conv_same",
     "count_params",
     "AbstractVectorField",
     "AttentionField",
