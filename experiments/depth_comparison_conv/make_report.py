@@ -5,13 +5,15 @@ Run after the sweep (see README.md here):
     resode sweep configs/depth_comparison_conv.yaml --out experiments/depth_comparison_conv/runs
     python experiments/depth_comparison_conv/make_report.py [RUNS_DIR]
 
-Every body at "depth" d has the same parameter count: an untied ResNet has d fields of 16 hidden
-channels; the tied, implicit and DEQ bodies have one field of 16 d hidden channels. The findings at
-the top of the report are computed from the runs.
+Every body has the same parameter budget at every depth d: an untied ResNet has d fields of 64 / d
+hidden channels; the tied Euler and tied implicit stacks run one field of 64 hidden channels for d
+steps; the DEQ has that field and no depth. Each cell is the mean over the seeds, with the seeds'
+values beside it. The findings at the top of the report are computed from the runs.
 """
 
 import os
 import platform
+import statistics
 import sys
 from datetime import date
 from pathlib import Path
@@ -21,14 +23,14 @@ import jax
 from resode.report import collect_runs, write_report
 
 HERE = Path(__file__).resolve().parent
-BASE_HIDDEN = 16
+DEQ = "DEQ (Anderson, implicit adjoint; no depth)"
 KINDS = {
     "untied Euler ResNet": lambda c: (
         c["model.body.kind"] == "residual" and not c["model.body.tied"]
     ),
     "tied Euler (one field)": lambda c: c["model.body.kind"] == "residual" and c["model.body.tied"],
-    "implicit backward Euler": lambda c: c["model.body.kind"] == "implicit",
-    "DEQ (Anderson, implicit adjoint)": lambda c: c["model.body.kind"] == "deq",
+    "tied implicit backward Euler": lambda c: c["model.body.kind"] == "implicit",
+    DEQ: lambda c: c["model.body.kind"] == "deq",
 }
 METRICS = {
     "test_accuracy": ("test accuracy", ".3f"),
@@ -37,37 +39,49 @@ METRICS = {
     "memory_bytes": ("training-call temporary memory (MiB)", ".2f"),
     "num_fevals": ("forward field evaluations per example", ".1f"),
     "backward_vjps": ("backward VJPs per example", ".1f"),
+    "fraction_converged": ("fraction of test examples whose solves converged", ".3f"),
 }
 
 
-def depth_of(config) -> int:
-    """The study's depth d: the step count of stacks, hidden / 16 for a DEQ (same parameters)."""
+def depth_of(config) -> int | None:
+    """The study's depth d: the step count of a stack; None for the DEQ (it has no depth)."""
     if config["model.body.kind"] == "deq":
-        return int(config["model.body.hidden"]) // BASE_HIDDEN
+        return None
     return int(config["model.body.num_steps"])
 
 
 def table(runs):
-    """{kind: {depth: summary}} of the finished runs."""
+    """{kind: {depth: [summary per seed]}} of the finished runs (the DEQ under depth None)."""
     out = {k: {} for k in KINDS}
     for r in runs:
         if r.summary.get("status") != "finished":
             continue
         for kind, match in KINDS.items():
             if match(r.config):
-                out[kind][depth_of(r.config)] = r.summary
+                out[kind].setdefault(depth_of(r.config), []).append(r.summary)
     return out
 
 
-def _value(summary, key):
-    v = summary.get(key) if summary else None
-    if key == "memory_bytes" and v is not None:
-        v = v / 2**20
-    return v
+def _values(summaries, key) -> list[float]:
+    vals = [s.get(key) for s in summaries or []]
+    vals = [v for v in vals if v is not None]
+    return [v / 2**20 for v in vals] if key == "memory_bytes" else vals
 
 
-def _fmt(v, spec):
-    return "-" if v is None else format(v, spec)
+def _mean(summaries, key):
+    vals = _values(summaries, key)
+    return statistics.fmean(vals) if vals else None
+
+
+def _cell(summaries, key, spec) -> str:
+    vals = _values(summaries, key)
+    if not vals:
+        return "-"
+    mean = statistics.fmean(vals)
+    mean = format(round(mean) if spec == "d" else mean, spec)
+    if len(vals) == 1 or key not in ("test_accuracy", "fraction_converged"):
+        return mean
+    return f"{mean} ({' / '.join(format(v, spec) for v in vals)})"
 
 
 def plots(t, out: Path) -> list[Path]:
@@ -77,16 +91,28 @@ def plots(t, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     paths = []
+    depths = sorted({d for rows in t.values() for d in rows if d is not None})
     for key, (label, _) in METRICS.items():
+        if key == "num_params":
+            continue
         fig, ax = plt.subplots(figsize=(5.4, 3.6))
         for kind, rows in t.items():
-            ds = sorted(d for d in rows if _value(rows[d], key) is not None)
-            if ds:
-                ax.plot(ds, [_value(rows[d], key) for d in ds], marker="o", label=kind)
+            if kind == DEQ:
+                m = _mean(rows.get(None), key)
+                if m is not None and depths:
+                    ax.axhline(m, color="k", linestyle="--", linewidth=1, label=kind)
+                continue
+            ds = [d for d in sorted(rows) if _values(rows[d], key)]
+            if not ds:
+                continue
+            (line,) = ax.plot(ds, [_mean(rows[d], key) for d in ds], marker="o", label=kind)
+            for d in ds:  # every seed, as a dot
+                vals = _values(rows[d], key)
+                ax.scatter([d] * len(vals), vals, s=10, color=line.get_color(), alpha=0.5)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("depth d (same parameters at each d)")
+        ax.set_xlabel("depth d (same parameters at every d)")
         ax.set_ylabel(label)
-        if key in ("step_time_ms", "memory_bytes"):
+        if key in ("step_time_ms", "memory_bytes", "num_fevals", "backward_vjps"):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -99,39 +125,44 @@ def plots(t, out: Path) -> list[Path]:
 
 
 def findings(t) -> str:
-    depths = sorted({d for rows in t.values() for d in rows})
-    lines = ["## Findings (computed from the runs below)", ""]
-    header = "| body | " + " | ".join(f"d = {d}" for d in depths) + " |"
+    depths = sorted({d for rows in t.values() for d in rows if d is not None})
+    seeds = max((len(v) for rows in t.values() for v in rows.values()), default=0)
+    lines = [
+        "## Findings (computed from the runs below)",
+        "",
+        f"Each cell: the mean over {seeds} seeds (for accuracy, each seed's value in brackets). "
+        "The DEQ has no depth; its value is in the last column.",
+        "",
+    ]
+    header = "| body | " + " | ".join(f"d = {d}" for d in depths) + " | no depth |"
     for key, (label, spec) in METRICS.items():
-        lines += [f"**{label}**", "", header, "|---" * (len(depths) + 1) + "|"]
+        lines += [f"**{label}**", "", header, "|---" * (len(depths) + 2) + "|"]
         for kind, rows in t.items():
-            lines.append(
-                f"| {kind} | "
-                + " | ".join(_fmt(_value(rows.get(d), key), spec) for d in depths)
-                + " |"
-            )
+            cells = [_cell(rows.get(d), key, spec) for d in depths] + [
+                _cell(rows.get(None), key, spec)
+            ]
+            lines.append(f"| {kind} | " + " | ".join(cells) + " |")
         lines.append("")
-    best = max(
-        ((kind, d, s["test_accuracy"]) for kind, rows in t.items() for d, s in rows.items()),
-        key=lambda x: x[2],
-        default=None,
-    )
-    if best:
+    acc = {
+        (kind, d): _mean(v, "test_accuracy")
+        for kind, rows in t.items()
+        for d, v in rows.items()
+        if _values(v, "test_accuracy")
+    }
+    if acc:
+        (kind, d), a = max(acc.items(), key=lambda kv: kv[1])
+        where = "no depth" if d is None else f"d = {d}"
         lines.append(
-            f"- Best test accuracy: {best[2]:.3f} ({best[0]}, d = {best[1]}); the published "
-            "MNIST-1D CNN baseline is about 0.94 (Greydanus, 2020)."
+            f"- Best mean test accuracy: {a:.3f} ({kind}, {where}); the published MNIST-1D CNN "
+            "baseline is about 0.94 (Greydanus, 2020, with far longer training)."
         )
     for kind, rows in t.items():
-        ds = sorted(rows)
+        ds = sorted(d for d in rows if d is not None)
         if len(ds) >= 2:
-            a0, a1 = rows[ds[0]]["test_accuracy"], rows[ds[-1]]["test_accuracy"]
-            conv = [rows[d].get("fraction_converged") for d in ds]
-            extra = ""
-            if any(c is not None and c < 1 for c in conv):
-                extra = ", solver converged on " + " / ".join(_fmt(c, ".2f") for c in conv)
+            a0, a1 = _mean(rows[ds[0]], "test_accuracy"), _mean(rows[ds[-1]], "test_accuracy")
             lines.append(
-                f"- {kind}: test accuracy {a0:.3f} at d = {ds[0]} -> {a1:.3f} at d = {ds[-1]} "
-                f"({a1 - a0:+.3f}){extra}."
+                f"- {kind}: mean test accuracy {a0:.3f} at d = {ds[0]} -> {a1:.3f} at "
+                f"d = {ds[-1]} ({a1 - a0:+.3f})."
             )
     lines.append("")
     return "\n".join(lines)
