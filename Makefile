@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: install run test test-slow lint bench clean
+.PHONY: install run test test-slow lint bench docs docs-serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,8 @@ test-slow: install
 	$(PY) -m pytest -n 2 -q -m slow
 
 lint: install
-	$(VENV)/bin/ruff check resode tests benchmarks experiments
-	$(VENV)/bin/ruff format --check resode tests benchmarks experiments
+	$(VENV)/bin/ruff check resode tests benchmarks experiments docs
+	$(VENV)/bin/ruff format --check resode tests benchmarks experiments docs
 
 $(VENV)/.installed-bench: $(STAMP) benchmarks/constraints.txt
 	$(PY) -m pip install --quiet -c benchmarks/constraints.txt -e ".[dev,bench]"
@@ -41,5 +41,17 @@ bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench_layers.py
 	$(PY) benchmarks/bench_train.py
 
+# The documentation site (MkDocs, Material theme, mkdocstrings): built into site/ with --strict,
+# so a broken link or cross-reference, a missing page or a public name without a docstring fails.
+$(VENV)/.installed-docs: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,docs]"
+	touch $@
+
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+docs-serve: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
 clean:
-	rm -rf $(VENV) .pytest_cache build dist *.egg-info
+	rm -rf $(VENV) .pytest_cache build dist site *.egg-info

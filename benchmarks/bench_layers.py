@@ -241,7 +241,7 @@ def conv_in_loop(quick: bool, repeats: int) -> list[str]:
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(2), 3)
     x = jax.random.normal(k1, (batch, channels, length))
     target = jax.random.normal(k2, (batch, channels, length))
-    steps_fns, states = {}, {}
+    states = {}
     for impl in ("matmul", "lax"):
         stack = rn.ResidualStack(
             lambda k, impl=impl: rn.ConvField(

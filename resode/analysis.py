@@ -17,6 +17,15 @@ from .nn import DEQ, GraphField, MLPField, ResidualStack
 from .schemes import Scheme, get_scheme, stability_function
 from .stepping import step
 
+__all__ = [
+    "spectral_norm",
+    "jacobian_eigenvalues",
+    "stability_plot",
+    "lipschitz_bound",
+    "gradient_flow",
+    "gradient_fidelity",
+]
+
 _ONE_LIPSCHITZ = {
     jax.nn.tanh,
     jax.nn.relu,

@@ -19,8 +19,28 @@ from .nn._ode import _SOLVERS as ODE_SOLVERS
 from .schemes import get_scheme, list_schemes
 from .solvers import ADJOINTS, SOLVERS
 
+__all__ = [
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "BodyConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "ConfigError",
+    "load_config",
+    "load_typed",
+    "save_config",
+    "validate",
+    "flatten",
+    "to_yaml",
+    "OPTIMIZERS",
+    "SCHEDULES",
+]
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
+"""The values `train.optimizer` accepts."""
 SCHEDULES = ("constant", "cosine")
+"""The values `train.schedule` accepts."""
 
 
 class ConfigError(ValueError):
@@ -29,6 +49,9 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class DataConfig:
+    """`data.*`: the dataset (a name of [`resode.data.list_datasets`][]), the batch size, and the
+    seed that fixes the train/test split or the generated set."""
+
     name: str = "digits"
     batch_size: int = 128
     seed: int = 0  # fixes the train/test split or the generated set
@@ -36,6 +59,14 @@ class DataConfig:
 
 @dataclasses.dataclass
 class BodyConfig:
+    """`model.body.*`: the body kind and its options (see [`resode.nn.build_classifier`][]).
+
+    Stacks use `scheme`, `num_steps`, `tied`, `drop_rate`, `alpha` and `learn_alpha`; implicit
+    stacks solve their stages with `solver` (default Newton-Krylov); a DEQ uses `solver` (default
+    anderson), `adjoint`, `tol` and `max_steps`; an ODE block `ode_solver`, `ode_adjoint`, `rtol`
+    and `atol`. `hidden` is the field's hidden width (default `model.width`).
+    """
+
     kind: str = "residual"  # none | plain | residual | implicit | deq | ode
     scheme: str = "euler"
     num_steps: int = 4
@@ -57,6 +88,8 @@ class BodyConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
+    """`model.*`: the stem (`mlp`, `conv1d`, `conv2d`), the state width and the body."""
+
     stem: str = "mlp"
     width: int = 64
     body: BodyConfig = dataclasses.field(default_factory=BodyConfig)
@@ -64,6 +97,10 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
+    """`train.*`: steps, optimiser (`adam`, `adamw`, `sgd`), learning-rate schedule (`cosine` or
+    `constant` after `warmup_steps` of linear warm-up), gradient clipping, the number of steps
+    compiled into one call, the checkpoint interval, and TensorBoard output."""
+
     steps: int = 1000
     lr: float = 1e-3
     optimizer: str = "adam"
@@ -79,11 +116,19 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class EvalConfig:
+    """`eval.every`: evaluate on the test split every this many steps (and at the end)."""
+
     every: int = 100
 
 
 @dataclasses.dataclass
 class Config:
+    """A whole run: `seed`, `data`, `model`, `train`, `eval` and an optional `sweep` block.
+
+    Made by [`load_config`][] (defaults, then a YAML file, then `key=value` overrides) and
+    checked by [`validate`][].
+    """
+
     seed: int = 0
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)

@@ -15,7 +15,17 @@ from typing import Any
 
 from .config import flatten, load_config
 
-#: (summary key, column title, format) of the table and CSV, in order.
+__all__ = [
+    "METRICS",
+    "PLOTTED",
+    "Run",
+    "collect_runs",
+    "varying_keys",
+    "table_rows",
+    "plot_comparisons",
+    "write_report",
+]
+
 METRICS = [
     ("test_accuracy", "test acc", "{:.4f}"),
     ("test_loss", "test loss", "{:.4f}"),
@@ -27,13 +37,16 @@ METRICS = [
     ("backward_vjps", "VJPs bwd", "{:.1f}"),
     ("grad_flow", "grad ratio", "{:.3g}"),
 ]
-#: Metrics plotted against each numeric swept key.
+"""(summary key, column title, format) of the report's table and CSV, in order."""
 PLOTTED = ["test_accuracy", "step_time_ms", "memory_bytes", "num_fevals", "grad_flow"]
+"""Metrics plotted against each numeric swept key."""
 _IGNORED = {"sweep"}
 
 
 @dataclasses.dataclass
 class Run:
+    """One run directory: its path, flattened config (dotted keys) and `summary.json`."""
+
     path: Path
     config: dict[str, Any]
     summary: dict[str, Any]
@@ -92,6 +105,7 @@ def _short(key: str) -> str:
 
 
 def table_rows(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[str]]]:
+    """The report table: a header and one row of formatted cells per run (`keys` first)."""
     header = ["run", *map(_short, keys), "status", *(title for _, title, _ in METRICS)]
     rows = []
     for r in runs:

@@ -34,8 +34,19 @@ from typing import Any
 
 from .config import Config, ConfigError, load_config
 
+__all__ = [
+    "SWEEP_FILE",
+    "POINT_FILE",
+    "Sweep",
+    "expand_sweep",
+    "point_overrides",
+    "point_names",
+]
+
 SWEEP_FILE = "sweep.json"
+"""The file in a sweep's output directory that lists its points."""
 POINT_FILE = "point.json"
+"""The file in each point's run directory that records its values."""
 
 
 def _axis(key: str, values, where: str) -> list[dict]:

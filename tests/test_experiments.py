@@ -283,3 +283,15 @@ def test_check_comparisons_and_records():
 def test_config_error_is_a_config_error():
     with pytest.raises(ConfigError, match="depth"):
         experiment_config("identity_init", ["depth=-2"])
+
+
+def test_gallery_key_figures_are_short_for_spreads_lists_and_records():
+    from resode.experiments._runner import _figure_text
+
+    assert _figure_text({"mean": 0.5, "std": 0.01, "values": [0.49, 0.51]}) == "0.5 ± 0.01"
+    assert _figure_text([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]) == "[1, 2, 3, 4, 5, 6, …]"
+    record = {
+        "euler": {"test_error": {"mean": 0.021, "std": 0.001}, "diverged": [False]},
+        "rk4": {"diverged": [False], "nfe": 80.0},
+    }
+    assert _figure_text(record) == "{euler: test_error 0.021 ± 0.001; rk4: nfe 80}"

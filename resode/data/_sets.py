@@ -290,9 +290,11 @@ DATASETS = {
     "van_der_pol": van_der_pol,
     "stiff_linear": stiff_linear,
 }
+"""Dataset names mapped to the functions that make them."""
 
 
 def list_datasets() -> tuple[str, ...]:
+    """The names [`load`][] accepts."""
     return tuple(DATASETS)
 
 

@@ -288,6 +288,23 @@ def verdict(summary: dict[str, Any]) -> str:
 def _figure_text(value) -> str:
     if isinstance(value, dict) and "mean" in value:
         return f"{value['mean']:.3g} ± {value['std']:.2g}"
+    if isinstance(value, dict):  # e.g. per-scheme records: each one's first figure
+        parts = []
+        for k, v in list(value.items())[:6]:
+            if isinstance(v, dict) and "mean" not in v:
+                first = next(
+                    (
+                        (kk, vv)
+                        for kk, vv in v.items()
+                        if isinstance(vv, int | float) or (isinstance(vv, dict) and "mean" in vv)
+                    ),
+                    None,
+                )
+                text = f"{first[0]} {_figure_text(first[1])}" if first else "…"
+            else:
+                text = _figure_text(v)
+            parts.append(f"{k}: {text}")
+        return "{" + "; ".join(parts) + ("; …}" if len(value) > 6 else "}")
     if isinstance(value, float):
         return f"{value:.3g}"
     if isinstance(value, list):

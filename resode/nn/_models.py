@@ -14,7 +14,9 @@ from ._ode import ODEBlock
 from ._stack import ResidualStack
 
 STEMS = ("mlp", "conv1d", "conv2d")
+"""The stems of [`build_classifier`][] (and `model.stem` of a config)."""
 BODIES = ("none", "plain", "residual", "implicit", "deq", "ode")
+"""The body kinds of [`build_classifier`][] (and `model.body.kind` of a config)."""
 
 
 class Stem(eqx.Module):

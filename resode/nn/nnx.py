@@ -11,6 +11,11 @@ from flax import nnx
 
 from ._fields import AbstractVectorField
 
+__all__ = [
+    "NNXField",
+    "ResodeLayer",
+]
+
 
 class NNXField(AbstractVectorField):
     """An nnx module whose ``__call__(t, y, args)`` is a vector field, as an equinox field.

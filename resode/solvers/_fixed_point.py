@@ -10,7 +10,9 @@ from ._solution import FixedPointSolution
 from ._solvers import AbstractFixedPointSolver, Anderson, Broyden, Newton, Picard
 
 SOLVERS = {"picard": Picard, "anderson": Anderson, "broyden": Broyden, "newton": Newton}
+"""Solver names accepted by `solver=` (and `root=`), mapped to their classes."""
 ADJOINTS = {"implicit": ImplicitAdjoint, "jfb": JFB, "phantom": Phantom, "unrolled": Unrolled}
+"""Adjoint names accepted by `adjoint=`, mapped to their classes."""
 
 
 def _resolve(value, registry: dict, base: type, what: str, example: str):
