@@ -98,7 +98,13 @@ def iterate(
                 z_next = _tree.where(_tree.all_finite(z_next), z_next, fz)
             return z_next, new_state
 
-        z_next, state = jax.lax.cond(done, lambda _: (z, state), advance, None)
+        if solver.update_when_done and not differentiable:
+            # No conditional: once done the while loop ends and the extra update is discarded; a
+            # cond here would copy the solver state every step. (The unrolled scan keeps the
+            # cond: a masked-out update could still send NaN through the backward pass.)
+            z_next, state = advance(None)
+        else:
+            z_next, state = jax.lax.cond(done, lambda _: (z, state), advance, None)
         return k + 1, z_next, best_z, best_res, done, state
 
     carry = (jnp.array(0, jnp.int32), z0, z0, inf, jnp.array(False), solver.init(z0, args))

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.scipy.linalg
 import lineax as lx
 from jax.flatten_util import ravel_pytree
 
@@ -35,6 +36,13 @@ class AbstractFixedPointSolver(eqx.Module):
     #: Whether `update` can return a non-finite iterate from a finite one (the loop then checks,
     #: and replaces such an iterate by f(z)). False only where the update is f(z) itself.
     may_blow_up: ClassVar[bool] = True
+
+    #: Whether the while loop may call `update` on the iteration that met the tolerance (its result
+    #: is then discarded). True for cheap updates whose state holds no counters (Picard,
+    #: Anderson, Broyden): it spares XLA a conditional around `update`, which copies the whole
+    #: solver state (Anderson's and Broyden's histories) on every iteration. False (the default,
+    #: and Newton's) skips the update once converged.
+    update_when_done: ClassVar[bool] = False
 
     def __check_init__(self):
         if self.tol is not None and not self.tol >= 0:
@@ -81,6 +89,7 @@ class Picard(AbstractFixedPointSolver):
     max_steps: int = eqx.field(default=100, static=True)
 
     may_blow_up: ClassVar[bool] = False  # a convex combination of z and f(z)
+    update_when_done: ClassVar[bool] = True
 
     def __check_init__(self):
         if not 0.0 < self.damping <= 1.0:
@@ -187,6 +196,41 @@ def _flat(tree: PyTree):
     return ravel_pytree(tree)[0]
 
 
+_UNROLL_SPD = 8
+
+
+def _spd_solve(a, b):
+    """Solve ``a x = b`` for a small symmetric positive definite `a` (m x m, m static).
+
+    For m <= 8 by an unrolled Cholesky factorisation and two triangular sweeps: O(m^2) scalar
+    XLA operations, which stay cheap under `vmap` (a batched LAPACK call per example does not);
+    larger m through `jax.scipy.linalg.cho_solve`. A breakdown (a non-positive pivot) gives
+    non-finite entries, for the caller's safeguard to catch."""
+    m = a.shape[0]
+    if m > _UNROLL_SPD:
+        return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(a), b)
+    cols = []  # columns of the Cholesky factor L (a = L L^T)
+    for j in range(m):
+        c = a[:, j]
+        for k in range(j):
+            c = c - cols[k] * cols[k][j]
+        c = jnp.where(jnp.arange(m) >= j, c / jnp.sqrt(c[j]), 0.0)
+        cols.append(c)
+    y = []  # L y = b
+    for i in range(m):
+        r = b[i]
+        for k in range(i):
+            r = r - cols[k][i] * y[k]
+        y.append(r / cols[i][i])
+    x = [None] * m  # L^T x = y
+    for i in reversed(range(m)):
+        r = y[i]
+        for k in range(i + 1, m):
+            r = r - cols[i][k] * x[k]
+        x[i] = r / cols[i][i]
+    return jnp.stack(x)
+
+
 class Anderson(AbstractFixedPointSolver):
     r"""Anderson acceleration (type II) with memory `memory`.
 
@@ -213,6 +257,7 @@ class Anderson(AbstractFixedPointSolver):
     tol: float | None = eqx.field(default=None, static=True)
     atol: float = eqx.field(default=0.0, static=True)
     max_steps: int = eqx.field(default=50, static=True)
+    update_when_done: ClassVar[bool] = True
 
     def __check_init__(self):
         if not (isinstance(self.memory, int) and self.memory >= 1):
@@ -227,39 +272,50 @@ class Anderson(AbstractFixedPointSolver):
     def init(self, z, args):
         x = _flat(z)
         hist = jnp.zeros((self.memory,) + x.shape, x.dtype)
-        return hist, hist, jnp.array(0, jnp.int32)
+        gram = jnp.zeros((self.memory, self.memory), jnp.real(x).dtype)
+        return hist, hist, gram, jnp.array(0, jnp.int32)
 
     def update(self, z, fz, aux, state, tol):
-        xs, gs, k = state
+        # ys holds the mixed points x_i + beta g_i (all the step needs of the iterates), gs the
+        # residuals g_i, gram their Gram matrix.
+        ys, gs, gram, k = state
         x, unravel = ravel_pytree(z)
         g = _flat(fz) - x
-        slot = k % self.memory
-        xs = xs.at[slot].set(x)
-        gs = gs.at[slot].set(g)
-        filled = jnp.arange(self.memory) < jnp.minimum(k + 1, self.memory)
-        gram = jnp.real(gs.conj() @ gs.T)
-        both = filled[:, None] & filled[None, :]
-        gram = jnp.where(both, gram, 0.0)
-        scale = jnp.max(jnp.diagonal(gram))
-        reg = self.regularisation * jnp.where(scale > 0, scale, 1.0)
-        gram = gram + jnp.diag(jnp.where(filled, reg, 1.0))
-        weights = jnp.linalg.solve(gram, filled.astype(gram.dtype))
-        alpha = weights / jnp.sum(weights)
-        alpha = jnp.where(filled, alpha, 0.0)
         picard = x + self.mixing * g
-        accelerated = alpha.astype(xs.dtype) @ (xs + self.mixing * gs)
+        slot = k % self.memory
+        ys = ys.at[slot].set(picard)
+        gs = gs.at[slot].set(g)
+        # The Gram matrix of the stored residuals is kept in the state: only the new residual's
+        # row and column are computed (m inner products, not m^2).
+        row = jnp.real(gs.conj() @ g)
+        gram = gram.at[slot, :].set(row).at[:, slot].set(row)
+        filled = jnp.arange(self.memory) < jnp.minimum(k + 1, self.memory)
+        both = filled[:, None] & filled[None, :]
+        gram_k = jnp.where(both, gram, 0.0)
+        scale = jnp.max(jnp.diagonal(gram_k))
+        reg = self.regularisation * jnp.where(scale > 0, scale, 1.0)
+        gram_k = gram_k + jnp.diag(jnp.where(filled, reg, 1.0))
+        # Symmetric positive definite (a Gram matrix plus a positive diagonal): Cholesky. A
+        # breakdown gives non-finite weights, caught by the safeguard below.
+        weights = _spd_solve(gram_k, filled.astype(gram_k.dtype))
+        alpha = weights / jnp.sum(weights)
+        alpha = jnp.where(filled, alpha, 0.0).astype(ys.dtype)
+        accelerated = alpha @ ys
         ok = jnp.all(jnp.isfinite(alpha)) & (jnp.sum(jnp.abs(alpha)) <= self.max_coefficient)
         x_next = jnp.where(ok & jnp.all(jnp.isfinite(accelerated)), accelerated, picard)
-        return unravel(x_next), (xs, gs, k + 1)
+        return unravel(x_next), (ys, gs, gram, k + 1)
 
 
 class Broyden(AbstractFixedPointSolver):
     r"""Limited-memory ("good") Broyden on $g(z) = f(z) - z$.
 
     Keeps an approximation $H \approx (\partial g/\partial z)^{-1}$ as $-I$ plus at most `memory`
-    rank-one corrections (Sherman--Morrison updates of the inverse; the oldest is overwritten when
-    full) and steps $z \leftarrow z - H g(z)$. The first step is a Picard step. An update whose
-    denominator is tiny or not finite is skipped.
+    rank-one corrections (Sherman--Morrison updates of the inverse) and steps
+    $z \leftarrow z - H g(z)$. The first step is a Picard step. When `memory` corrections are
+    stored the method restarts from $H = -I$ (overwriting the oldest correction instead breaks the
+    secant conditions of the later ones, which were built on it, and stalls the iteration on slowly
+    contracting maps). An update whose denominator is tiny or not finite is skipped. Each step
+    makes two passes over the stored corrections.
 
     **Arguments:** `memory` (default 10); `tol`, `atol`, `max_steps` (default 50) as in
     [`AbstractFixedPointSolver`][].
@@ -269,6 +325,7 @@ class Broyden(AbstractFixedPointSolver):
     tol: float | None = eqx.field(default=None, static=True)
     atol: float = eqx.field(default=0.0, static=True)
     max_steps: int = eqx.field(default=50, static=True)
+    update_when_done: ClassVar[bool] = True
 
     def __check_init__(self):
         if not (isinstance(self.memory, int) and self.memory >= 1):
@@ -277,24 +334,25 @@ class Broyden(AbstractFixedPointSolver):
     def init(self, z, args):
         x = _flat(z)
         us = jnp.zeros((self.memory,) + x.shape, x.dtype)
-        return us, us, x, x, jnp.array(0, jnp.int32), jnp.array(0, jnp.int32)
-
-    @staticmethod
-    def _apply(us, vs, x):
-        """H x = -x + sum_i u_i (v_i . x)."""
-        return -x + (vs.conj() @ x) @ us
-
-    @staticmethod
-    def _apply_t(us, vs, x):
-        """H^H x = -x + sum_i v_i (u_i . x)."""
-        return -x + (us.conj() @ x) @ vs
+        # (us, vs, x_prev, g_prev, H g_prev, k, n); H g_prev is kept so that H dg = H g - H g_prev
+        # costs no extra pass over the history.
+        return us, us, x, x, jnp.zeros_like(x), jnp.array(0, jnp.int32), jnp.array(0, jnp.int32)
 
     def update(self, z, fz, aux, state, tol):
-        us, vs, x_prev, g_prev, k, n = state
+        us, vs, x_prev, g_prev, hg_prev, k, n = state
         x, unravel = ravel_pytree(z)
         g = _flat(fz) - x
         dx, dg = x - x_prev, g - g_prev
-        h_dg = self._apply(us, vs, dg)
+        # Restarted when full: the history is dropped (H = -I) and the new pair is built on -I.
+        # Overwriting the oldest pair instead breaks the secant conditions of the pairs built on
+        # it, and the iteration stalls on slowly contracting maps.
+        restart = n == self.memory
+        n = jnp.where(restart, 0, n)
+        active = jnp.arange(self.memory) < n
+        # Two passes over the history per step: H g is computed once and serves both the secant
+        # update (H dg = H g - H g_prev, the latter kept from the last step) and the step.
+        hg = jnp.where(active, vs.conj() @ g, 0.0) @ us - g
+        h_dg = jnp.where(restart, -dg, hg - hg_prev)
         denom = jnp.vdot(dx, h_dg)
         # Skip the update when |dx^H H dg| is tiny against |dx| |H dg| (compared squared: no sqrt
         # at zero), and divide by a safe denominator so that a skipped update cannot leak NaN
@@ -302,11 +360,14 @@ class Broyden(AbstractFixedPointSolver):
         scale_sq = jnp.real(jnp.vdot(dx, dx)) * jnp.real(jnp.vdot(h_dg, h_dg))
         ok = (k > 0) & (jnp.abs(denom) ** 2 > 1e-24 * scale_sq) & jnp.isfinite(denom)
         u = (dx - h_dg) / jnp.where(ok, denom, 1.0)
-        v = self._apply_t(us, vs, dx)
+        v = jnp.where(active, us.conj() @ dx, 0.0) @ vs - dx  # H^H dx
         ok = ok & jnp.all(jnp.isfinite(u)) & jnp.all(jnp.isfinite(v))
-        slot = n % self.memory
-        us = jnp.where(ok, us.at[slot].set(u), us)
-        vs = jnp.where(ok, vs.at[slot].set(v), vs)
+        # Write one row (the new one, or the old one back when the update is skipped): selecting
+        # between whole histories would copy them every iteration.
+        us = us.at[n].set(jnp.where(ok, u, us[n]))
+        vs = vs.at[n].set(jnp.where(ok, v, vs[n]))
         n = n + ok.astype(n.dtype)
-        x_next = x - self._apply(us, vs, g)
-        return unravel(x_next), (us, vs, x, g, k + 1, n)
+        # (H + u v^H) g, without another pass over the history.
+        hg = hg + jnp.where(ok, u * jnp.vdot(v, g), 0.0)
+        x_next = x - hg
+        return unravel(x_next), (us, vs, x, g, hg, k + 1, n)
