@@ -7,9 +7,11 @@ Shows: (1) compile time of a training step of an untied Euler ResidualStack at d
        depth; (2) a training step (loss, gradients, adam update) of a tied RK4 stack against the
        same computation written by hand in JAX (target: ratio <= 1.15); (3) temporary memory of
        the training step against depth for untied stacks with and without per-step
-       checkpointing, tied RK4, backward-Euler stacks and a DEQ; (4) a training step of a tied
-       Euler stack of a 1-D convolutional field (MNIST-1D sizes) with ConvField's matmul
-       convolution (the CPU default) against XLA's convolution, both inside the stack's scan, and
+       checkpointing, reversible (momentum, reversible Heun), tied RK4, backward-Euler stacks and
+       a DEQ (target: a reversible stack's memory at depth 256 within 1.2x of depth 8); (4) a
+       training step of a tied Euler stack of a 1-D convolutional field (MNIST-1D sizes) with
+       ConvField's matmul convolution (the CPU default) against XLA's convolution, both inside
+       the stack's scan, and
        against a hand-written Python-unrolled loop of XLA convolutions (target on CPU: matmul in
        the scan within 2x of the unrolled loop).
 """
@@ -182,6 +184,12 @@ def main(quick: bool = False) -> str:
         "untied euler, checkpointed": lambda d: rn.ResidualStack(
             make_field, d, checkpoint=True, key=key
         ),
+        "untied momentum (reversible, gamma 0.9)": lambda d: rn.ResidualStack(
+            make_field, d, reversible="momentum", key=key
+        ),
+        "untied reversible heun": lambda d: rn.ResidualStack(
+            make_field, d, reversible="reversible_heun", key=key
+        ),
         "tied rk4": lambda d: rn.ResidualStack(make_field, d, scheme="rk4", tied=True, key=key),
         "untied backward euler": lambda d: rn.ResidualStack(
             make_field, d, scheme="backward_euler", key=key
@@ -230,6 +238,23 @@ def main(quick: bool = False) -> str:
         markdown_table(["body"] + [f"depth {d}" for d in mem_depths], rows),
         "",
     ]
+    # Reversible stacks: memory flat in depth (compiled only, not run).
+    lo, hi = (4, 16) if quick else (8, 256)
+    flat = {}
+    for name in ("untied euler", "untied momentum (reversible, gamma 0.9)"):
+        sizes = []
+        for d in (lo, hi):
+            body = bodies[name](d)
+            step, opt = train_step_fn(stack_forward)
+            opt_state = opt.init(eqx.filter(body, eqx.is_inexact_array))
+            sizes.append(temp_bytes(step, body, opt_state, x, target))
+        flat[name] = sizes
+        label = f"{name}: training-step memory depth {hi} / depth {lo}"
+        if "reversible" in name:
+            out.append(record("layers", label, sizes[1] / sizes[0], "<=", 1.2))
+        else:
+            out.append(record("layers", label, sizes[1] / sizes[0]))
+    out.append("")
     out += conv_in_loop(quick, repeats)
     return "\n".join(out)
 

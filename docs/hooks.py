@@ -54,6 +54,18 @@ API_SECTIONS = {
             ["list_schemes", "get_scheme", "Scheme", "ButcherTableau", "stability_function"],
         ),
         ("Stepping", ["step", "integrate", "StepStats"]),
+        (
+            "Reversible stepping",
+            [
+                "reversible_integrate",
+                "reversible_rebuild",
+                "AbstractReversibleMethod",
+                "Momentum",
+                "Leapfrog",
+                "ReversibleHeun",
+                "ReverseStep",
+            ],
+        ),
         ("Fixed points", ["fixed_point", "FixedPointSolution", "backward_probe", "BackwardStats"]),
         ("Solvers", ["AbstractFixedPointSolver", "Picard", "Anderson", "Broyden", "Newton"]),
         ("Adjoints", ["AbstractAdjoint", "ImplicitAdjoint", "JFB", "Phantom", "Unrolled"]),

@@ -22,7 +22,18 @@ from .solvers import (
     backward_probe,
     fixed_point,
 )
-from .stepping import StepStats, integrate, step
+from .stepping import (
+    AbstractReversibleMethod,
+    Leapfrog,
+    Momentum,
+    ReverseStep,
+    ReversibleHeun,
+    StepStats,
+    integrate,
+    reversible_integrate,
+    reversible_rebuild,
+    step,
+)
 
 __version__ = "0.1.0"
 
@@ -30,15 +41,20 @@ __all__ = [
     "JFB",
     "AbstractAdjoint",
     "AbstractFixedPointSolver",
+    "AbstractReversibleMethod",
     "Anderson",
     "BackwardStats",
     "Broyden",
     "ButcherTableau",
     "FixedPointSolution",
     "ImplicitAdjoint",
+    "Leapfrog",
+    "Momentum",
     "Newton",
     "Phantom",
     "Picard",
+    "ReverseStep",
+    "ReversibleHeun",
     "Scheme",
     "StepStats",
     "Unrolled",
@@ -48,6 +64,8 @@ __all__ = [
     "integrate",
     "list_schemes",
     "nn",
+    "reversible_integrate",
+    "reversible_rebuild",
     "stability_function",
     "step",
 ]

@@ -16,6 +16,7 @@ from .data import list_datasets
 from .nn._models import BODIES, STEMS
 from .nn._ode import _ADJOINTS as ODE_ADJOINTS
 from .nn._ode import _SOLVERS as ODE_SOLVERS
+from .nn._stack import REVERSIBLE_CHOICES
 from .schemes import get_scheme, list_schemes
 from .solvers import ADJOINTS, SOLVERS
 
@@ -61,7 +62,10 @@ class DataConfig:
 class BodyConfig:
     """`model.body.*`: the body kind and its options (see [`resode.nn.build_classifier`][]).
 
-    Stacks use `scheme`, `num_steps`, `tied`, `drop_rate`, `alpha` and `learn_alpha`; implicit
+    Stacks use `scheme`, `num_steps`, `tied`, `drop_rate`, `alpha` and `learn_alpha`; residual
+    stacks can be `reversible` (`momentum` with `gamma` / `learn_gamma`, `leapfrog`,
+    `reversible_heun`, or `reverse`: memory flat in depth; see
+    [`resode.nn.ResidualStack`][]); implicit
     stacks solve their stages with `solver` (default Newton-Krylov); a DEQ uses `solver` (default
     anderson), `adjoint`, `tol` and `max_steps`; an ODE block `ode_solver`, `ode_adjoint`, `rtol`
     and `atol`. `hidden` is the field's hidden width (default `model.width`).
@@ -76,6 +80,9 @@ class BodyConfig:
     drop_rate: float = 0.0
     alpha: float = 1.0  # stacks: scale of the residual branch, y + alpha h f(y)
     learn_alpha: bool = False  # stacks: train alpha (a scalar parameter)
+    reversible: str | None = None  # residual: momentum | leapfrog | reversible_heun | reverse
+    gamma: float = 0.9  # reversible momentum: v <- gamma v + (1 - gamma) f(x)
+    learn_gamma: bool = False  # reversible momentum: train gamma (kept in (0, 1))
     solver: str | None = None  # deq (default anderson); implicit stages (default newton)
     adjoint: str = "implicit"
     tol: float = 1e-4
@@ -250,6 +257,25 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"model.body.learn_alpha: only stacks (plain, residual, implicit) have alpha, "
             f"got kind {body.kind!r}."
+        )
+    if body.reversible is not None:
+        _choice("model.body.reversible", body.reversible, REVERSIBLE_CHOICES)
+        if body.kind != "residual":
+            raise ConfigError(
+                f"model.body.reversible: only kind 'residual' can be reversible, got kind "
+                f"{body.kind!r}."
+            )
+        if body.reversible != "reverse" and body.scheme != "euler":
+            raise ConfigError(
+                f"model.body.scheme: reversible {body.reversible!r} replaces the scheme, which "
+                f"must stay 'euler', got {body.scheme!r} (reversible 'reverse' keeps it)."
+            )
+    if body.reversible == "momentum" and not 0.0 < body.gamma < 1.0:
+        raise ConfigError(f"model.body.gamma: must be in (0, 1), got {body.gamma!r}.")
+    if body.learn_gamma and body.reversible != "momentum":
+        raise ConfigError(
+            f"model.body.learn_gamma: needs model.body.reversible 'momentum', got "
+            f"{body.reversible!r}."
         )
     if body.solver is not None:
         _choice("model.body.solver", body.solver, tuple(SOLVERS))

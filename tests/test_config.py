@@ -75,6 +75,20 @@ def test_yaml_then_overrides(tmp_path):
         (["train.steps"], r"must look like key=value"),
         (["train.lr=[1,2"], r"^override 'train\.lr=\[1,2'"),
         (["sweep.model.width=3"], r"^sweep\.model: must be a non-empty list"),
+        (["model.body.reversible=revnet"], r"^model\.body\.reversible: 'revnet' is not allowed"),
+        (
+            ["model.body.kind=deq", "model.body.reversible=momentum"],
+            r"^model\.body\.reversible: only kind 'residual'",
+        ),
+        (
+            ["model.body.reversible=leapfrog", "model.body.scheme=rk4"],
+            r"^model\.body\.scheme: reversible 'leapfrog' replaces the scheme",
+        ),
+        (
+            ["model.body.reversible=momentum", "model.body.gamma=1.0"],
+            r"^model\.body\.gamma: must be in \(0, 1\)",
+        ),
+        (["model.body.learn_gamma=true"], r"^model\.body\.learn_gamma: needs"),
     ],
 )
 def test_errors_are_one_line_and_name_the_key(overrides, match):

@@ -162,12 +162,18 @@ def test_finished_run_is_not_retrained(tmp_path):
         ["model.body.kind=plain"],
         ["model.body.kind=residual", "model.body.tied=true", "model.body.scheme=rk4"],
         ["model.body.kind=residual", "model.body.drop_rate=0.2"],
+        [
+            "model.body.kind=residual",
+            "model.body.reversible=momentum",
+            "model.body.learn_gamma=true",
+        ],
+        ["model.body.kind=residual", "model.body.reversible=reversible_heun"],
         ["model.body.kind=implicit", "model.body.scheme=trapezoid", "model.body.num_steps=2"],
         ["model.body.kind=deq", "model.body.adjoint=phantom"],
         ["model.body.kind=ode", "model.body.rtol=1e-2", "model.body.atol=1e-3"],
         ["model.body.kind=none"],
     ],
-    ids=lambda o: "-".join(x.split("=")[1] for x in o),
+    ids=lambda o: "-".join(x.split("=")[1] for x in o[:2]),
 )
 def test_short_training_lowers_the_loss(body):
     cfg = _cfg(*body, "train.steps=30", "train.lr=0.03", "train.schedule=constant")

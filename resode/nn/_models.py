@@ -109,6 +109,9 @@ def build_classifier(
     drop_rate: float = 0.0,
     alpha: float = 1.0,
     learn_alpha: bool = False,
+    reversible=None,
+    gamma: float = 0.9,
+    learn_gamma: bool = False,
     key: PRNGKeyArray,
 ) -> Classifier:
     """A classifier whose body is any kind of depth over one field family.
@@ -119,7 +122,8 @@ def build_classifier(
     `scheme`, default backward_euler; `root` solves its stages, default Newton-Krylov),
     ``"deq"`` (`solver`, `adjoint`, `tol`, `max_steps`) or ``"ode"`` (`ode_solver`,
     `ode_adjoint`, `rtol`, `atol`). `num_steps`, `tied`, `alpha` (the residual branch's scale) and
-    `learn_alpha` apply to stacks. Use
+    `learn_alpha` apply to stacks; `reversible`, `gamma` and `learn_gamma` to residual stacks
+    (see [`ResidualStack`][]). Use
     [`count_params`][] to match parameter counts across bodies (e.g. by choosing `hidden`).
     """
     if body not in BODIES:
@@ -148,6 +152,9 @@ def build_classifier(
             alpha=alpha,
             learn_alpha=learn_alpha,
             root=root,
+            reversible=reversible if body == "residual" else None,
+            gamma=gamma,
+            learn_gamma=learn_gamma and body == "residual",
             key=k_body,
         )
         if body == "implicit" and not body_module.scheme.implicit:

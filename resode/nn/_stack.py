@@ -10,9 +10,20 @@ from jaxtyping import Array, PRNGKeyArray
 from ..schemes import Scheme, get_scheme
 from ..solvers import AbstractFixedPointSolver
 from ..stepping import integrate
+from ..stepping._reversible import (
+    AbstractReversibleMethod,
+    Momentum,
+    ReverseStep,
+    fevals_per_step,
+    resolve_method,
+    reversible_integrate,
+)
 from ..stepping._rk import resolve_root
 from ._diagnostics import Diagnostics
 from ._fields import AbstractVectorField
+
+REVERSIBLE_CHOICES = ("momentum", "leapfrog", "reversible_heun", "reverse")
+"""Names of `ResidualStack(reversible=...)` (and `model.body.reversible` of a config)."""
 
 
 class ResidualStack(eqx.Module):
@@ -40,6 +51,15 @@ class ResidualStack(eqx.Module):
     - `checkpoint`: `jax.checkpoint` each step (less memory for about one more forward pass).
     - `augment`: number of zero channels appended along axis 0 of the state (augmented neural
       ODEs); the field must be built for the augmented size, and the output keeps them.
+    - `reversible`: run the stack as a reversible scheme whose backward pass rebuilds the states
+      instead of storing them (reverse-mode memory flat in depth; see
+      [`resode.reversible_integrate`][]): ``"momentum"`` (a momentum ResNet with momentum
+      `gamma`, trainable with ``learn_gamma=True``), ``"leapfrog"``, ``"reversible_heun"``
+      (exact; they replace `scheme`, which must stay ``"euler"``), ``"reverse"`` (the stack's own
+      explicit `scheme` rebuilt approximately by steps of -h), or an
+      [`resode.AbstractReversibleMethod`][] object. `None` (default): ordinary stepping.
+    - `gamma`, `learn_gamma`: the momentum of ``reversible="momentum"`` (in (0, 1); learned
+      through a sigmoid, so it stays there).
     - `key`: keyword-only.
 
     Call as ``stack(y, args=None, *, key=None, inference=False, probe=None) -> (y_out,
@@ -58,6 +78,8 @@ class ResidualStack(eqx.Module):
     checkpoint: bool = eqx.field(static=True)
     augment: int = eqx.field(static=True)
     root: AbstractFixedPointSolver | None = eqx.field(static=True)
+    reversible: AbstractReversibleMethod | None
+    gamma_logit: Array | None
 
     def __init__(
         self,
@@ -74,6 +96,9 @@ class ResidualStack(eqx.Module):
         checkpoint: bool = False,
         augment: int = 0,
         root=None,
+        reversible=None,
+        gamma: float = 0.9,
+        learn_gamma: bool = False,
         key: PRNGKeyArray,
     ):
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
@@ -104,6 +129,55 @@ class ResidualStack(eqx.Module):
         self.checkpoint = checkpoint
         self.augment = augment
         self.root = resolve_root(root) if self.scheme.implicit else None
+        self.reversible, self.gamma_logit = self._reversible(reversible, gamma, learn_gamma)
+
+    def _reversible(self, reversible, gamma, learn_gamma):
+        if reversible is None:
+            if learn_gamma:
+                raise ValueError("ResidualStack: learn_gamma=True needs reversible='momentum'.")
+            return None, None
+        if not self.skip:
+            raise ValueError("ResidualStack: a plain stack (skip=False) cannot be reversible.")
+        if self.checkpoint:
+            raise ValueError(
+                "ResidualStack: `checkpoint` and `reversible` exclude each other (a reversible "
+                "stack stores no states to checkpoint)."
+            )
+        if reversible == "reverse":
+            if self.scheme.implicit:
+                raise ValueError(
+                    f"ResidualStack: reversible='reverse' needs an explicit scheme, got "
+                    f"{self.scheme.name!r}."
+                )
+            return ReverseStep(self.scheme.name), None
+        if self.scheme.name != "euler":
+            raise ValueError(
+                f"ResidualStack: reversible={reversible!r} replaces the scheme, which must stay "
+                f"'euler'; got scheme={self.scheme.name!r} (reversible='reverse' keeps it)."
+            )
+        if reversible == "momentum":
+            if not 0.0 < gamma < 1.0:
+                raise ValueError(f"ResidualStack: `gamma` must be in (0, 1), got {gamma!r}.")
+            if learn_gamma:
+                logit = jnp.log(jnp.asarray(gamma) / (1.0 - gamma))
+                return None, logit  # the method is built from the logit at call time
+            return Momentum(gamma=float(gamma)), None
+        if learn_gamma:
+            raise ValueError(
+                f"ResidualStack: learn_gamma=True needs reversible='momentum', got {reversible!r}."
+            )
+        return resolve_method(reversible), None
+
+    @property
+    def is_reversible(self) -> bool:
+        """Whether the stack runs a reversible scheme (see `reversible`)."""
+        return self.reversible is not None or self.gamma_logit is not None
+
+    def reversible_method(self) -> AbstractReversibleMethod | None:
+        """The reversible method the stack runs (a learned momentum resolved), or `None`."""
+        if self.gamma_logit is not None:
+            return Momentum(gamma=jax.nn.sigmoid(self.gamma_logit))
+        return self.reversible
 
     def survival(self) -> Array:
         """Survival probability of each step under stochastic depth, shape ``(num_steps,)``."""
@@ -160,7 +234,22 @@ class ResidualStack(eqx.Module):
         fn, step_args = self.step_function(args, inference=True, dtype=jnp.result_type(y))
         if not self.skip:
             return self._plain(fn, y, step_args, save_trajectory=True)
+        if self.is_reversible:
+            return self._reversible_run(fn, y, step_args, save_trajectory=True)[1]
         return self._integrate(fn, y, step_args, save_trajectory=True)[1]
+
+    def _reversible_run(self, fn, y, step_args, **options):
+        return reversible_integrate(
+            fn,
+            y,
+            0.0,
+            self.t1,
+            self.num_steps,
+            step_args,
+            method=self.reversible_method(),
+            per_step_args=True,
+            **options,
+        )
 
     def __call__(self, y: Array, args=None, *, key=None, inference: bool = False, probe=None):
         y = self.augmented(y)
@@ -169,6 +258,11 @@ class ResidualStack(eqx.Module):
         )
         if not self.skip:
             return self._plain(fn, y, step_args)
+        if self.is_reversible:
+            method = self.reversible_method()
+            y1 = self._reversible_run(fn, y, step_args)
+            fevals = self.num_steps * fevals_per_step(method) + method.init_fevals
+            return y1, Diagnostics.explicit(fevals, jnp.result_type(y))
         y1, stats = self._integrate(
             fn, y, step_args, return_stats=True, checkpoint=self.checkpoint, probe=probe
         )

@@ -142,6 +142,9 @@ def build_model(cfg: Config, data: Dataset, key: PRNGKeyArray | None = None):
         drop_rate=body.drop_rate,
         alpha=body.alpha,
         learn_alpha=body.learn_alpha,
+        reversible=body.reversible,
+        gamma=body.gamma,
+        learn_gamma=body.learn_gamma,
         key=key,
     )
 
