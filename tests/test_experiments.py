@@ -66,6 +66,13 @@ FIGURES = {
     "ode_validity": ["accuracy_matrix", "critical_steps"],
     "anode": ["node_mse", "anode_mse", "node_nfe", "anode_nfe"],
     "stiff_dynamics": ["per_scheme"],
+    "reversible_memory": [
+        "reconstruction_error",
+        "gradient_error",
+        "memory_mib",
+        "step_time_ms",
+        "test_accuracy",
+    ],
     "degradation": [
         "plain_train_accuracy",
         "residual_train_accuracy",
@@ -135,6 +142,10 @@ def test_quick_run_writes_its_summary_and_exact_checks_hold(name, tmp_path):
         ),  # fmt: skip
         ("wiener_denoising", ["snr=0.05", "dim=3", "steps=7", "lr_factor=0.45", "signal_std=2"]),
         ("dead_zone", ["threshold=0", "teacher_threshold=0.3", "dim=3", "hidden=5", "steps=5"]),
+        (
+            "reversible_memory",
+            ["gamma=0.5", "depths=[3,24]", "width=8", "batch=8", "train_depth=2", "steps=10"],
+        ),
     ],
 )
 def test_exact_checks_hold_for_other_parameters(name, overrides, tmp_path):
