@@ -404,3 +404,18 @@ def test_momentum_stack_is_a_momentum_resnet_and_its_gradients_are_exact():
 def test_stack_options_are_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
         _stack(**kwargs)
+
+
+def test_forward_over_reverse_second_derivatives_equal_storing():
+    args, y0 = _problem(seed=11)
+    W, b = args
+
+    def loss(W, adjoint):
+        out = resode.reversible_integrate(
+            field, y0, 0.0, 1.0, 6, (W, b), method="momentum", adjoint=adjoint
+        )
+        return jnp.sum(jnp.sin(out))
+
+    np.testing.assert_allclose(
+        jax.hessian(loss)(W, "reconstruct"), jax.hessian(loss)(W, "store"), rtol=1e-9, atol=1e-12
+    )

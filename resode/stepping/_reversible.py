@@ -448,6 +448,10 @@ def reversible_integrate(
     gradients (`t0` and `t1` do not, with ``"reconstruct"``). Works under `jit`, `vmap` and
     `grad`; under `vmap` over states with shared weights the reconstructing solve runs once on
     the whole batch (its backward pass then sums weight cotangents over the batch step by step).
+    Second derivatives through ``"reconstruct"``: forward-over-reverse (`jax.hessian`,
+    Hessian-vector products by `jax.jvp` of `jax.grad`) works; reverse-over-reverse (`jax.grad`
+    of `jax.grad`) does not (the backward pass carries a batching rule that reverse mode cannot
+    differentiate): use ``"store"`` for it.
 
     **Returns:** `y1` (or the final state with `return_state`), or ``(ts, ys)``.
     """
