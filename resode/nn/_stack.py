@@ -14,7 +14,6 @@ from ..stepping._reversible import (
     AbstractReversibleMethod,
     Momentum,
     ReverseStep,
-    fevals_per_step,
     resolve_method,
     reversible_integrate,
 )
@@ -261,7 +260,7 @@ class ResidualStack(eqx.Module):
         if self.is_reversible:
             method = self.reversible_method()
             y1 = self._reversible_run(fn, y, step_args)
-            fevals = self.num_steps * fevals_per_step(method) + method.init_fevals
+            fevals = self.num_steps * method.fevals_per_step + method.init_fevals
             return y1, Diagnostics.explicit(fevals, jnp.result_type(y))
         y1, stats = self._integrate(
             fn, y, step_args, return_stats=True, checkpoint=self.checkpoint, probe=probe
