@@ -69,9 +69,21 @@ API_SECTIONS = {
         ("Fixed points", ["fixed_point", "FixedPointSolution", "backward_probe", "BackwardStats"]),
         ("Solvers", ["AbstractFixedPointSolver", "Picard", "Anderson", "Broyden", "Newton"]),
         ("Adjoints", ["AbstractAdjoint", "ImplicitAdjoint", "JFB", "Phantom", "Unrolled"]),
+        (
+            "Monotone equilibria",
+            [
+                "monotone_fixed_point",
+                "AbstractMonotoneLinear",
+                "DenseMonotone",
+                "ConvMonotone",
+                "AbstractSplitting",
+                "PeacemanRachford",
+                "ForwardBackward",
+            ],
+        ),
     ],
     "resode.nn": [
-        ("Bodies", ["ResidualStack", "DEQ", "ODEBlock", "Diagnostics"]),
+        ("Bodies", ["ResidualStack", "DEQ", "MonotoneDEQ", "ODEBlock", "Diagnostics"]),
         (
             "Fields",
             [

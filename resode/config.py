@@ -18,7 +18,7 @@ from .nn._ode import _ADJOINTS as ODE_ADJOINTS
 from .nn._ode import _SOLVERS as ODE_SOLVERS
 from .nn._stack import REVERSIBLE_CHOICES
 from .schemes import get_scheme, list_schemes
-from .solvers import ADJOINTS, SOLVERS
+from .solvers import ADJOINTS, SOLVERS, SPLITTINGS
 
 __all__ = [
     "Config",
@@ -67,11 +67,13 @@ class BodyConfig:
     `reversible_heun`, or `reverse`: memory flat in depth; see
     [`resode.nn.ResidualStack`][]); implicit
     stacks solve their stages with `solver` (default Newton-Krylov); a DEQ uses `solver` (default
-    anderson), `adjoint`, `tol` and `max_steps`; an ODE block `ode_solver`, `ode_adjoint`, `rtol`
-    and `atol`. `hidden` is the field's hidden width (default `model.width`).
+    anderson), `adjoint`, `tol` and `max_steps`; a monotone DEQ (`monotone_deq`) uses `solver`
+    (`peaceman_rachford`, the default, or `forward_backward`), its step `splitting_alpha`,
+    `monotonicity` (the margin m), `tol` and `max_steps`; an ODE block `ode_solver`,
+    `ode_adjoint`, `rtol` and `atol`. `hidden` is the field's hidden width (default `model.width`).
     """
 
-    kind: str = "residual"  # none | plain | residual | implicit | deq | ode
+    kind: str = "residual"  # none | plain | residual | implicit | deq | monotone_deq | ode
     scheme: str = "euler"
     num_steps: int = 4
     tied: bool = False
@@ -83,7 +85,10 @@ class BodyConfig:
     reversible: str | None = None  # residual: momentum | leapfrog | reversible_heun | reverse
     gamma: float = 0.9  # reversible momentum: v <- gamma v + (1 - gamma) f(x)
     learn_gamma: bool = False  # reversible momentum: train gamma (kept in (0, 1))
-    solver: str | None = None  # deq (default anderson); implicit stages (default newton)
+    solver: str | None = None  # deq (default anderson); implicit stages (default newton);
+    # monotone_deq: peaceman_rachford (default) | forward_backward
+    monotonicity: float = 0.1  # monotone_deq: margin m, sym(I - W) >= m I
+    splitting_alpha: float | None = None  # monotone_deq: splitting step (default: its own)
     adjoint: str = "implicit"
     tol: float = 1e-4
     max_steps: int = 30
@@ -277,8 +282,28 @@ def validate(cfg: Config) -> None:
             f"model.body.learn_gamma: needs model.body.reversible 'momentum', got "
             f"{body.reversible!r}."
         )
-    if body.solver is not None:
-        _choice("model.body.solver", body.solver, tuple(SOLVERS))
+    if body.kind == "monotone_deq":
+        if body.solver is not None:
+            _choice("model.body.solver", body.solver, tuple(SPLITTINGS))
+        if body.adjoint != "implicit":
+            raise ConfigError(
+                f"model.body.adjoint: a monotone_deq's gradient is implicit (solved by its "
+                f"splitting), got {body.adjoint!r}."
+            )
+        if not 0.0 < body.monotonicity <= 1.0:
+            raise ConfigError(
+                f"model.body.monotonicity: must be in (0, 1], got {body.monotonicity!r}."
+            )
+        if body.splitting_alpha is not None:
+            _positive("model.body.splitting_alpha", body.splitting_alpha)
+    else:
+        if body.solver is not None:
+            _choice("model.body.solver", body.solver, tuple(SOLVERS))
+        if body.splitting_alpha is not None:
+            raise ConfigError(
+                f"model.body.splitting_alpha: only kind 'monotone_deq' has a splitting step, got "
+                f"kind {body.kind!r}."
+            )
     _choice("model.body.adjoint", body.adjoint, tuple(ADJOINTS))
     _positive("model.body.tol", body.tol)
     _positive("model.body.max_steps", body.max_steps)

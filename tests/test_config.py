@@ -137,3 +137,13 @@ def test_sweep_block(tmp_path):
     path.write_text("sweep:\n  model.body.num_steps: [1, 2, 4]\n  model.body.tied: [true, false]\n")
     cfg = load_config(path)
     assert cfg.sweep == {"model.body.num_steps": [1, 2, 4], "model.body.tied": [True, False]}
+
+
+def test_every_committed_config_loads_and_validates():
+    from pathlib import Path
+
+    configs = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
+    assert len(configs) >= 10
+    for path in configs:
+        cfg = load_config(path, [])
+        assert cfg.model.body.kind, path

@@ -73,6 +73,12 @@ FIGURES = {
         "step_time_ms",
         "test_accuracy",
     ],
+    "monotone_deq": [
+        "min_eig_margin",
+        "peaceman_rachford",
+        "forward_backward",
+        "training",
+    ],
     "degradation": [
         "plain_train_accuracy",
         "residual_train_accuracy",
@@ -145,6 +151,10 @@ def test_quick_run_writes_its_summary_and_exact_checks_hold(name, tmp_path):
         (
             "reversible_memory",
             ["gamma=0.5", "depths=[3,24]", "width=8", "batch=8", "train_depth=2", "steps=10"],
+        ),
+        (
+            "monotone_deq",
+            ["monotonicity=0.7", "alphas=[0.05,3]", "dim=6", "seed=4", "steps=5", "width=8"],
         ),
     ],
 )

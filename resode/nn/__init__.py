@@ -14,6 +14,7 @@ from ._fields import (
     soft_threshold,
 )
 from ._models import BODIES, STEMS, Classifier, Stem, build_classifier, count_params
+from ._monotone_deq import MonotoneDEQ
 from ._ode import ODEBlock
 from ._stack import ResidualStack
 
@@ -33,6 +34,7 @@ __all__ = [
     "Diagnostics",
     "GraphField",
     "MLPField",
+    "MonotoneDEQ",
     "ODEBlock",
     "ResidualStack",
     "normalized_laplacian",

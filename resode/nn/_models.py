@@ -1,5 +1,6 @@
 """Classifiers assembled from a stem, one body of any kind, and a head."""
 
+import dataclasses
 from collections.abc import Callable
 
 import equinox as eqx
@@ -7,15 +8,17 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
+from ..solvers import resolve_splitting
 from ._deq import DEQ
 from ._diagnostics import Diagnostics
 from ._fields import ConvField, MLPField
+from ._monotone_deq import MonotoneDEQ
 from ._ode import ODEBlock
 from ._stack import ResidualStack
 
 STEMS = ("mlp", "conv1d", "conv2d")
 """The stems of [`build_classifier`][] (and `model.stem` of a config)."""
-BODIES = ("none", "plain", "residual", "implicit", "deq", "ode")
+BODIES = ("none", "plain", "residual", "implicit", "deq", "monotone_deq", "ode")
 """The body kinds of [`build_classifier`][] (and `model.body.kind` of a config)."""
 
 
@@ -55,9 +58,9 @@ class Stem(eqx.Module):
 class Classifier(eqx.Module):
     """``head(pool(body(stem(x))))`` on one example; returns ``(logits, Diagnostics)``.
 
-    Build with [`build_classifier`][]. The body is a `ResidualStack`, `DEQ` or `ODEBlock` (or
-    none); a DEQ body takes the stem's output as its injected input. Spatial axes are averaged
-    before the linear head.
+    Build with [`build_classifier`][]. The body is a `ResidualStack`, `DEQ`, `MonotoneDEQ` or
+    `ODEBlock` (or none); an equilibrium body takes the stem's output as its injected input.
+    Spatial axes are averaged before the linear head.
     """
 
     stem: Stem
@@ -69,7 +72,7 @@ class Classifier(eqx.Module):
         y = self.stem(x)
         if self.body_kind == "none":
             diag = Diagnostics.explicit(0, y.dtype)
-        elif self.body_kind == "deq":
+        elif self.body_kind in ("deq", "monotone_deq"):
             y, diag = self.body(y, inference=inference)
         elif self.body_kind == "ode":
             y, diag = self.body(y)
@@ -96,7 +99,7 @@ def build_classifier(
     scheme: str | None = None,
     num_steps: int = 4,
     tied: bool = False,
-    solver="anderson",
+    solver=None,
     adjoint="implicit",
     tol: float = 1e-4,
     max_steps: int = 30,
@@ -112,6 +115,8 @@ def build_classifier(
     reversible=None,
     gamma: float = 0.9,
     learn_gamma: bool = False,
+    monotonicity: float = 0.1,
+    splitting_alpha: float | None = None,
     key: PRNGKeyArray,
 ) -> Classifier:
     """A classifier whose body is any kind of depth over one field family.
@@ -120,8 +125,12 @@ def build_classifier(
     hidden size `hidden` (default `width`). `body`: ``"none"``, ``"plain"`` (no skip, Euler
     blocks), ``"residual"`` (explicit `scheme`, default euler), ``"implicit"`` (implicit
     `scheme`, default backward_euler; `root` solves its stages, default Newton-Krylov),
-    ``"deq"`` (`solver`, `adjoint`, `tol`, `max_steps`) or ``"ode"`` (`ode_solver`,
-    `ode_adjoint`, `rtol`, `atol`). `num_steps`, `tied`, `alpha` (the residual branch's scale) and
+    ``"deq"`` (`solver`, default anderson, `adjoint`, `tol`, `max_steps`), ``"monotone_deq"``
+    (a [`MonotoneDEQ`][] of margin `monotonicity`: dense after an mlp stem, circular
+    convolutions after a conv stem; `solver` ``"peaceman_rachford"`` (default) or
+    ``"forward_backward"`` with step `splitting_alpha` (default: the splitting's own), `tol`,
+    `max_steps`) or ``"ode"`` (`ode_solver`, `ode_adjoint`, `rtol`, `atol`). `num_steps`,
+    `tied`, `alpha` (the residual branch's scale) and
     `learn_alpha` apply to stacks; `reversible`, `gamma` and `learn_gamma` to residual stacks
     (see [`ResidualStack`][]). Use
     [`count_params`][] to match parameter counts across bodies (e.g. by choosing `hidden`).
@@ -163,7 +172,24 @@ def build_classifier(
             raise ValueError(f"body='residual' needs an explicit scheme, got {scheme!r}.")
     elif body == "deq":
         body_module = DEQ(
-            make_field(k_body), solver=solver, adjoint=adjoint, tol=tol, max_steps=max_steps
+            make_field(k_body),
+            solver=solver or "anderson",
+            adjoint=adjoint,
+            tol=tol,
+            max_steps=max_steps,
+        )
+    elif body == "monotone_deq":
+        splitting = resolve_splitting(solver or "peaceman_rachford")
+        if splitting_alpha is not None:
+            splitting = dataclasses.replace(splitting, alpha=splitting_alpha)
+        body_module = MonotoneDEQ(
+            width,
+            spatial_shape=None if stem == "mlp" else tuple(in_shape[1:]),
+            monotonicity=monotonicity,
+            solver=splitting,
+            tol=tol,
+            max_steps=max_steps,
+            key=k_body,
         )
     else:
         body_module = ODEBlock(

@@ -16,6 +16,17 @@ from ._adjoint import (
 )
 from ._fixed_point import ADJOINTS, SOLVERS, fixed_point, resolve_adjoint, resolve_solver
 from ._iterate import default_tol, iterate
+from ._monotone import (
+    SPLITTINGS,
+    AbstractMonotoneLinear,
+    AbstractSplitting,
+    ConvMonotone,
+    DenseMonotone,
+    ForwardBackward,
+    PeacemanRachford,
+    monotone_fixed_point,
+    resolve_splitting,
+)
 from ._solution import FixedPointSolution
 from ._solvers import AbstractFixedPointSolver, Anderson, Broyden, Newton, Picard
 
@@ -23,14 +34,21 @@ __all__ = [
     "ADJOINTS",
     "JFB",
     "SOLVERS",
+    "SPLITTINGS",
     "AbstractAdjoint",
     "AbstractFixedPointSolver",
+    "AbstractMonotoneLinear",
+    "AbstractSplitting",
     "Anderson",
     "BackwardStats",
     "Broyden",
+    "ConvMonotone",
+    "DenseMonotone",
+    "ForwardBackward",
     "FixedPointSolution",
     "ImplicitAdjoint",
     "Newton",
+    "PeacemanRachford",
     "Phantom",
     "Picard",
     "Unrolled",
@@ -38,7 +56,9 @@ __all__ = [
     "default_tol",
     "fixed_point",
     "iterate",
+    "monotone_fixed_point",
     "resolve_adjoint",
     "resolve_solver",
+    "resolve_splitting",
     "solve_fixed_point",
 ]

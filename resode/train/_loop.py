@@ -118,7 +118,6 @@ def build_model(cfg: Config, data: Dataset, key: PRNGKeyArray | None = None):
         out = data.num_classes
     else:
         out = int(np.prod(data.y_train.shape[1:]))
-    solver = body.solver or "anderson"
     return build_classifier(
         in_shape=data.input_shape,
         num_classes=out,
@@ -129,7 +128,7 @@ def build_model(cfg: Config, data: Dataset, key: PRNGKeyArray | None = None):
         scheme=body.scheme,
         num_steps=body.num_steps,
         tied=body.tied,
-        solver=solver,
+        solver=body.solver,
         adjoint=body.adjoint,
         tol=body.tol,
         max_steps=body.max_steps,
@@ -145,6 +144,8 @@ def build_model(cfg: Config, data: Dataset, key: PRNGKeyArray | None = None):
         reversible=body.reversible,
         gamma=body.gamma,
         learn_gamma=body.learn_gamma,
+        monotonicity=body.monotonicity,
+        splitting_alpha=body.splitting_alpha,
         key=key,
     )
 
