@@ -124,6 +124,9 @@ def _draw(kind, i, cfg):
     return _with(op, scale * op.a, scale * op.b)
 
 
+_matrix = eqx.filter_jit(lambda op: op.matrix())  # one compilation per parameterisation
+
+
 def _margins(cfg):
     """lambda_min(sym(I - W)) - m for every draw, computed from the dense matrix (independent of
     the operators' own per-frequency diagnostics), and the largest ||I - W||."""
@@ -131,7 +134,7 @@ def _margins(cfg):
     for kind in ("dense", "conv1d", "conv2d"):
         out = []
         for i in range(cfg.num_draws):
-            w = np.asarray(_draw(kind, i, cfg).matrix())
+            w = np.asarray(_matrix(_draw(kind, i, cfg)))
             i_w = np.eye(w.shape[0]) - w
             out.append(float(np.linalg.eigvalsh((i_w + i_w.T) / 2)[0]) - cfg.monotonicity)
             lips.append(float(np.linalg.norm(i_w, 2)))
@@ -139,25 +142,25 @@ def _margins(cfg):
     return margins, max(lips)
 
 
-def _solve_all(op, bs, solver, cfg):
-    sols = jax.jit(
-        jax.vmap(
-            lambda b: resode.monotone_fixed_point(
-                op, b, solver=solver, tol=cfg.solve_tol, max_steps=cfg.max_iterations
-            )
-        )
+@eqx.filter_jit
+def _solve_batch(op, bs, solver, tol, max_steps):
+    # The splitting's alpha is a traced leaf: one compilation serves every step size.
+    return jax.vmap(
+        lambda b: resode.monotone_fixed_point(op, b, solver=solver, tol=tol, max_steps=max_steps)
     )(bs)
-    return (
-        bool(jnp.all(sols.converged)),
-        float(jnp.mean(sols.num_steps)),
-        float(jnp.max(sols.residual)),
-    )
+
+
+def _solve_all(op, bs, splitting, alpha, cfg):
+    solver = splitting(alpha=jnp.asarray(alpha, jnp.float64))
+    sols = _solve_batch(op, bs, solver, cfg.solve_tol, cfg.max_iterations)
+    conv = bool(jnp.all(sols.converged))
+    return conv, float(jnp.mean(sols.num_steps)), float(jnp.max(sols.residual))
 
 
 def _cayley(op, alpha):
     """||(I - a M)(I + a M)^{-1}||_2 with M = I - W: the contraction factor of the reflected
     resolvent, below 1 for every a > 0 when sym(M) > 0."""
-    w = np.asarray(op.matrix())
+    w = np.asarray(_matrix(op))
     mm = np.eye(w.shape[0]) - w
     n = mm.shape[0]
     return float(
@@ -219,13 +222,13 @@ def run(cfg: Config, ctx) -> Result:
         fb_bound = 2 * m / lip**2
         pr = {}
         for a in alphas:
-            conv, its, res = _solve_all(op, bs, resode.PeacemanRachford(alpha=a), cfg)
+            conv, its, res = _solve_all(op, bs, resode.PeacemanRachford, a, cfg)
             pr[a] = {"converged": conv, "iterations": its, "residual": res, "rho": _cayley(op, a)}
             ctx.say(f"  PR  alpha {a:g}: converged {conv}, {its:.0f} its, rho {pr[a]['rho']:.4f}")
         fb_alphas = sorted(set(alphas) | {f * fb_bound for f in FB_FRACTIONS})
         fb = {}
         for a in fb_alphas:
-            conv, its, res = _solve_all(op, bs, resode.ForwardBackward(alpha=a), cfg)
+            conv, its, res = _solve_all(op, bs, resode.ForwardBackward, a, cfg)
             fb[a] = {
                 "converged": conv,
                 "iterations": its,

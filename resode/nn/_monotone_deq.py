@@ -1,5 +1,7 @@
 """MonotoneDEQ: an equilibrium layer whose fixed point exists and is unique for every input."""
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -77,7 +79,10 @@ class MonotoneDEQ(eqx.Module):
             self.inject = eqx.nn.Conv(
                 len(spatial_shape), in_features, features, kernel_size, padding="SAME", key=k_in
             )
-        self.solver = resolve_splitting(solver)
+        solver = resolve_splitting(solver)
+        if solver.alpha is not None:  # a layer's step is a constant, never a trained parameter
+            solver = dataclasses.replace(solver, alpha=float(solver.alpha))
+        self.solver = solver
         if not tol > 0:
             raise ValueError(f"MonotoneDEQ: `tol` must be > 0, got {tol!r}.")
         if not (isinstance(max_steps, int) and max_steps >= 1):

@@ -354,8 +354,20 @@ class ConvMonotone(AbstractMonotoneLinear):
 # --- splitting methods -----------------------------------------------------------------------
 
 
+def _check_alpha(name: str, alpha) -> None:
+    """A concrete step must be > 0; a traced one (a sweep over steps inside `jit`) is taken as is."""
+    if alpha is None or isinstance(alpha, jax.core.Tracer):
+        return
+    if not float(alpha) > 0:
+        raise ValueError(f"{name}: `alpha` must be > 0, got {alpha!r}.")
+
+
 class AbstractSplitting(eqx.Module):
-    """How a monotone equilibrium is found (forward and backward pass alike)."""
+    """How a monotone equilibrium is found (forward and backward pass alike).
+
+    The step `alpha` is a pytree leaf: pass it as a JAX array (``PeacemanRachford(alpha=
+    jnp.asarray(0.5))``) through `eqx.filter_jit` to try many steps with one compilation.
+    """
 
     @abc.abstractmethod
     def step_size(self, op: AbstractMonotoneLinear) -> Array:
@@ -373,11 +385,10 @@ class ForwardBackward(AbstractSplitting):
     minimises that contraction bound, computed exactly from the current W at every call.
     """
 
-    alpha: float | None = eqx.field(default=None, static=True)
+    alpha: float | Array | None = None
 
     def __check_init__(self):
-        if self.alpha is not None and not self.alpha > 0:
-            raise ValueError(f"ForwardBackward: `alpha` must be > 0, got {self.alpha!r}.")
+        _check_alpha("ForwardBackward", self.alpha)
 
     def step_size(self, op):
         if self.alpha is not None:
@@ -401,14 +412,13 @@ class PeacemanRachford(AbstractSplitting):
       the GMRES solves.
     """
 
-    alpha: float = eqx.field(default=1.0, static=True)
+    alpha: float | Array = 1.0
     resolvent: str = eqx.field(default="factor", static=True)
     linear_rtol: float | None = eqx.field(default=None, static=True)
     linear_max_steps: int = eqx.field(default=50, static=True)
 
     def __check_init__(self):
-        if not self.alpha > 0:
-            raise ValueError(f"PeacemanRachford: `alpha` must be > 0, got {self.alpha!r}.")
+        _check_alpha("PeacemanRachford", self.alpha)
         if self.resolvent not in ("factor", "gmres"):
             raise ValueError(
                 f"PeacemanRachford: `resolvent` must be 'factor' or 'gmres', got "
