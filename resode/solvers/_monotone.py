@@ -355,7 +355,7 @@ class ConvMonotone(AbstractMonotoneLinear):
 
 
 def _check_alpha(name: str, alpha) -> None:
-    """A concrete step must be > 0; a traced one (a sweep over steps inside `jit`) is taken as is."""
+    """A concrete step must be > 0; a traced one (a sweep over steps in `jit`) is taken as is."""
     if alpha is None or isinstance(alpha, jax.core.Tracer):
         return
     if not float(alpha) > 0:
