@@ -325,3 +325,25 @@ def test_classifier_body_and_config():
 def test_config_errors_name_the_key(overrides, match):
     with pytest.raises(ConfigError, match=match):
         load_config(None, overrides)
+
+
+def test_traced_step_sweeps_without_recompiling():
+    op = _ops(0.3)[0]
+    b = _bias(op)
+    traces = []
+
+    @eqx.filter_jit
+    def solve(s):
+        traces.append(1)  # runs once per compilation
+        return resode.monotone_fixed_point(op, b, solver=s, tol=1e-10)
+
+    for a in (0.5, 2.0):
+        traced = solve(resode.PeacemanRachford(alpha=jnp.asarray(a)))
+        fixed = resode.monotone_fixed_point(
+            op, b, solver=resode.PeacemanRachford(alpha=a), tol=1e-10
+        )
+        assert int(traced.num_steps) == int(fixed.num_steps)
+        np.testing.assert_allclose(np.asarray(traced.value), np.asarray(fixed.value), atol=1e-12)
+    assert len(traces) == 1
+    with pytest.raises(ValueError, match="alpha"):
+        resode.ForwardBackward(alpha=jnp.asarray(-1.0))
