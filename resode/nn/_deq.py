@@ -10,6 +10,16 @@ from ._diagnostics import Diagnostics
 from ._fields import AbstractVectorField
 
 
+def solve_budget(layer, inference: bool) -> tuple[float, int]:
+    """``(tol, max_steps)`` of an equilibrium layer: its eval values when called with
+    ``inference=True`` and set, its training values otherwise."""
+    tol = layer.eval_tol if inference and layer.eval_tol is not None else layer.tol
+    max_steps = (
+        layer.eval_max_steps if inference and layer.eval_max_steps is not None else layer.max_steps
+    )
+    return tol, max_steps
+
+
 class DEQ(eqx.Module):
     """The equilibrium ``z* = field(0, z*, x)`` of a weight-tied layer with injected input x.
 
@@ -55,10 +65,7 @@ class DEQ(eqx.Module):
         self.eval_max_steps = eval_max_steps
 
     def __call__(self, x: Array, z0: Array | None = None, *, inference: bool = False, probe=None):
-        tol = self.eval_tol if inference and self.eval_tol is not None else self.tol
-        max_steps = (
-            self.eval_max_steps if inference and self.eval_max_steps is not None else self.max_steps
-        )
+        tol, max_steps = solve_budget(self, inference)
         z0 = jnp.zeros_like(x) if z0 is None else z0
         field = self.field
         sol = fixed_point(

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
 from ..solvers import ConvMonotone, DenseMonotone, monotone_fixed_point, resolve_splitting
+from ._deq import solve_budget
 from ._diagnostics import Diagnostics
 
 
@@ -100,10 +101,7 @@ class MonotoneDEQ(eqx.Module):
         return self.linear.monotonicity
 
     def __call__(self, x: Array, z0: Array | None = None, *, inference: bool = False, probe=None):
-        tol = self.eval_tol if inference and self.eval_tol is not None else self.tol
-        max_steps = (
-            self.eval_max_steps if inference and self.eval_max_steps is not None else self.max_steps
-        )
+        tol, max_steps = solve_budget(self, inference)
         bias = self.inject(x)
         sol = monotone_fixed_point(
             self.linear,

@@ -30,6 +30,7 @@ import jax.scipy.linalg
 from jaxtyping import Array, PRNGKeyArray
 
 from ._adjoint import _stop
+from ._fixed_point import _resolve
 from ._iterate import iterate
 from ._linear import linear_solve
 from ._solution import FixedPointSolution
@@ -294,25 +295,17 @@ class ConvMonotone(AbstractMonotoneLinear):
         (out,) = jax.linear_transpose(lambda x: _circular_conv(kernel, x), z)(z)
         return out
 
-    def matvec(self, z):
-        m = self.monotonicity
+    def _apply(self, z, sign):
+        # (1 - m) z - A^T A z + sign (B z - B^T z): sign +1 is W, -1 its transpose.
         az = _circular_conv(self.a, z)
-        return (
-            (1 - m) * z
-            - self._conv_t(self.a, az)
-            + _circular_conv(self.b, z)
-            - self._conv_t(self.b, z)
-        )
+        skew = _circular_conv(self.b, z) - self._conv_t(self.b, z)
+        return (1 - self.monotonicity) * z - self._conv_t(self.a, az) + sign * skew
+
+    def matvec(self, z):
+        return self._apply(z, 1.0)
 
     def rmatvec(self, z):
-        m = self.monotonicity
-        az = _circular_conv(self.a, z)
-        return (
-            (1 - m) * z
-            - self._conv_t(self.a, az)
-            - _circular_conv(self.b, z)
-            + self._conv_t(self.b, z)
-        )
+        return self._apply(z, -1.0)
 
     def matrix(self):
         n = math.prod(self.state_shape)
@@ -441,20 +434,8 @@ SPLITTINGS = {"forward_backward": ForwardBackward, "peaceman_rachford": Peaceman
 
 def resolve_splitting(splitting) -> AbstractSplitting:
     """A splitting name (forward_backward, peaceman_rachford) or object, as an object."""
-    if isinstance(splitting, AbstractSplitting):
-        return splitting
-    if isinstance(splitting, str):
-        try:
-            return SPLITTINGS[splitting]()
-        except KeyError:
-            raise ValueError(
-                f"Unknown splitting {splitting!r}. Valid names: {', '.join(SPLITTINGS)}; or pass "
-                "an object such as resode.PeacemanRachford(alpha=0.5)."
-            ) from None
-    raise TypeError(
-        "`solver` of a monotone equilibrium must be a splitting name or an AbstractSplitting, got "
-        f"{type(splitting).__name__}."
-    )
+    example = "resode.PeacemanRachford(alpha=0.5)"
+    return _resolve(splitting, SPLITTINGS, AbstractSplitting, "splitting", example)
 
 
 # --- one problem, one iteration loop ---------------------------------------------------------
