@@ -36,6 +36,7 @@ API_MODULES = [
     ("resode.nn", "resode.nn", "equinox layers: fields, stacks, DEQ, ODE block, classifiers"),
     ("resode.nn.nnx", "resode.nn.nnx", "flax.nnx interop"),
     ("resode.analysis", "resode.analysis", "spectral norms, stability plots, gradient flow"),
+    ("resode.robust", "resode.robust", "adversarial attacks and calibration metrics"),
     ("resode.data", "resode.data", "embedded datasets and batch indices"),
     ("resode.config", "resode.config", "typed configs, safe YAML, overrides"),
     ("resode.train", "resode.train", "the compiled training loop, runs, checkpoints"),

@@ -4,7 +4,7 @@ The public API is what this module re-exports. `resode.schemes`, `resode.solvers
 `resode.stepping` are pure functions on pytrees with no dependency on any neural-network code.
 """
 
-from . import nn
+from . import nn, robust
 from .schemes import ButcherTableau, Scheme, get_scheme, list_schemes, stability_function
 from .solvers import (
     JFB,
@@ -78,6 +78,7 @@ __all__ = [
     "list_schemes",
     "monotone_fixed_point",
     "nn",
+    "robust",
     "reversible_integrate",
     "reversible_rebuild",
     "stability_function",

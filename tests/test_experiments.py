@@ -73,6 +73,12 @@ FIGURES = {
         "step_time_ms",
         "test_accuracy",
     ],
+    "calibration_shrink": [
+        "accuracy_change",
+        "temperature_ece_gap",
+        "per_lambda",
+        "chosen_lambda",
+    ],
     "monotone_deq": [
         "min_eig_margin",
         "peaceman_rachford",
@@ -151,6 +157,10 @@ def test_quick_run_writes_its_summary_and_exact_checks_hold(name, tmp_path):
         (
             "reversible_memory",
             ["gamma=0.5", "depths=[3,24]", "width=8", "batch=8", "train_depth=2", "steps=10"],
+        ),
+        (
+            "calibration_shrink",
+            ["shrink=[0.25,0.9]", "num_bins=7", "train_size=50", "depth=2", "steps=10", "seed=3"],
         ),
         (
             "monotone_deq",

@@ -1,0 +1,208 @@
+"""Robustness and calibration: adversarial attacks (FGSM, PGD) and calibration metrics.
+
+Pure functions on JAX arrays. The attacks take a per-example loss ``loss_fn(x, y) -> scalar`` and
+differentiate it with respect to the input, so they work through any resode body (explicit,
+implicit, DEQ, ODE): the gradient goes through the solvers with their own adjoints.
+[`classifier_loss`][] builds that loss for a resode classifier.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, PRNGKeyArray
+
+__all__ = [
+    "NORMS",
+    "calibration_bins",
+    "classifier_loss",
+    "expected_calibration_error",
+    "fgsm",
+    "pgd",
+]
+
+NORMS = ("linf", "l2")
+"""Threat models of the attacks: an L-infinity box or an L2 ball around the clean input."""
+
+
+def classifier_loss(model, *, inference: bool = True) -> Callable[[Array, Array], Array]:
+    """Cross-entropy of a resode classifier on one example: ``loss(x, y)`` with y an integer
+    label. The model is called as ``model(x, inference=inference)`` and returns ``(logits,
+    diagnostics)`` (every [`resode.nn.Classifier`][])."""
+
+    def loss(x, y):
+        logits, _ = model(x, inference=inference)
+        return -jax.nn.log_softmax(logits)[y]
+
+    return loss
+
+
+def _check(norm: str, radius, steps: int) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"Unknown norm {norm!r}. Valid: {', '.join(NORMS)}.")
+    if not isinstance(radius, jax.core.Tracer) and not float(radius) >= 0:
+        raise ValueError(f"`radius` must be >= 0, got {radius!r}.")
+    if not (isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"`steps` must be an integer >= 1, got {steps!r}.")
+
+
+def _l2(v: Array) -> Array:
+    return jnp.sqrt(jnp.sum(v**2))
+
+
+def _ascent(g: Array, norm: str) -> Array:
+    """The steepest-ascent direction of unit norm for the threat model."""
+    if norm == "linf":
+        return jnp.sign(g)
+    n = _l2(g)
+    return jnp.where(n > 0, g / jnp.where(n > 0, n, 1.0), 0.0)
+
+
+def _project(x: Array, x0: Array, radius, norm: str, bounds) -> Array:
+    d = x - x0
+    if norm == "linf":
+        d = jnp.clip(d, -radius, radius)
+    else:
+        n = _l2(d)
+        d = jnp.where(n > radius, d * (radius / jnp.where(n > 0, n, 1.0)), d)
+    x = x0 + d
+    if bounds is not None:
+        x = jnp.clip(x, bounds[0], bounds[1])
+    return x
+
+
+def _random_start(key, x0, radius, norm):
+    if norm == "linf":
+        return x0 + jax.random.uniform(key, x0.shape, x0.dtype, -1.0, 1.0) * radius
+    k1, k2 = jax.random.split(key)
+    direction = jax.random.normal(k1, x0.shape, x0.dtype)
+    direction = direction / jnp.maximum(_l2(direction), 1e-12)
+    u = jax.random.uniform(k2, (), x0.dtype) ** (1.0 / x0.size)  # uniform in the ball
+    return x0 + direction * radius * u
+
+
+def pgd(
+    loss_fn: Callable[[Array, Array], Array],
+    x: Array,
+    y: Array,
+    *,
+    radius,
+    steps: int = 10,
+    step_size=None,
+    norm: str = "linf",
+    random_start: bool = True,
+    key: PRNGKeyArray | None = None,
+    bounds: tuple[float, float] | None = None,
+) -> Array:
+    r"""Projected gradient ascent on the loss within a ball around each example (Madry et al.,
+    ICLR 2018, "Towards deep learning models resistant to adversarial attacks").
+
+    ``x_{k+1} = P(x_k + step_size * d_k)`` with ``d_k`` the sign of the input gradient (L∞) or
+    the normalised gradient (L2), and P the projection onto the ball of `radius` around the clean
+    input (then onto `bounds`, the valid input range, if given).
+
+    **Arguments:**
+
+    - `loss_fn`: ``loss_fn(x, y) -> scalar`` for one example (e.g. [`classifier_loss`][]).
+    - `x`, `y`: a batch (leading axis) of inputs and targets; each example is attacked on its own
+      (`jax.vmap`).
+    - `radius`: the ball's radius (may be traced). `steps`: iterations (static).
+    - `step_size`: default ``2.5 * radius / steps``.
+    - `norm`: ``"linf"`` (default) or ``"l2"``.
+    - `random_start`: start at a uniform point of the ball (needs `key`); else at x.
+    - `bounds`: ``(low, high)`` clip of the adversarial input, or `None`.
+
+    **Returns:** the adversarial batch, with ``||x_adv - x|| <= radius`` per example.
+    """
+    _check(norm, radius, steps)
+    step_size = 2.5 * radius / steps if step_size is None else step_size
+    if random_start and key is None:
+        raise ValueError("pgd: `random_start=True` needs a `key`.")
+    grad = jax.grad(loss_fn)
+
+    def one(x0, y0, k):
+        xk = _random_start(k, x0, radius, norm) if random_start else x0
+        xk = _project(xk, x0, radius, norm, bounds)
+
+        def body(_, xk):
+            g = grad(xk, y0)
+            return _project(xk + step_size * _ascent(g, norm), x0, radius, norm, bounds)
+
+        return jax.lax.fori_loop(0, steps, body, xk)
+
+    keys = (
+        jax.random.split(key, x.shape[0])
+        if key is not None
+        else jnp.zeros((x.shape[0], 2), jnp.uint32)
+    )
+    return jax.vmap(one)(x, y, keys)
+
+
+def fgsm(
+    loss_fn: Callable[[Array, Array], Array],
+    x: Array,
+    y: Array,
+    *,
+    radius,
+    norm: str = "linf",
+    bounds: tuple[float, float] | None = None,
+) -> Array:
+    """The fast gradient sign method (Goodfellow et al., ICLR 2015): one step of size `radius`
+    along the sign of the input gradient (L∞) or the normalised gradient (L2). The same as
+    ``pgd(..., steps=1, step_size=radius, random_start=False)``."""
+    return pgd(
+        loss_fn,
+        x,
+        y,
+        radius=radius,
+        steps=1,
+        step_size=radius,
+        norm=norm,
+        random_start=False,
+        bounds=bounds,
+    )
+
+
+# --- calibration --------------------------------------------------------------------------------
+
+
+def calibration_bins(logits, labels, *, num_bins: int = 15) -> dict[str, np.ndarray]:
+    """Reliability-diagram data: examples binned by confidence (the largest softmax probability)
+    into `num_bins` equal-width bins of [0, 1] (left-open, the first also holding 0).
+
+    **Returns:** NumPy arrays ``edges`` (num_bins + 1), ``count``, ``confidence`` (mean
+    confidence per bin, NaN when empty) and ``accuracy`` (fraction correct per bin, NaN when
+    empty).
+    """
+    if not (isinstance(num_bins, int) and num_bins >= 1):
+        raise ValueError(f"`num_bins` must be an integer >= 1, got {num_bins!r}.")
+    logits = np.asarray(logits, np.float64)
+    labels = np.asarray(labels)
+    if logits.ndim != 2 or labels.shape != logits.shape[:1]:
+        raise ValueError(
+            f"calibration: `logits` must be (examples, classes) and `labels` (examples,), got "
+            f"{logits.shape} and {labels.shape}."
+        )
+    z = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, num_bins + 1)
+    idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, num_bins - 1)
+    count = np.bincount(idx, minlength=num_bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(idx, conf, minlength=num_bins) / count
+        accuracy = np.bincount(idx, correct, minlength=num_bins) / count
+    return {"edges": edges, "count": count, "confidence": mean_conf, "accuracy": accuracy}
+
+
+def expected_calibration_error(logits, labels, *, num_bins: int = 15) -> float:
+    r"""Expected calibration error (Guo et al., ICML 2017): $\sum_b (n_b / N) |acc_b - conf_b|$
+    over `num_bins` equal-width confidence bins (see [`calibration_bins`][]); 15 bins is the
+    common choice."""
+    bins = calibration_bins(logits, labels, num_bins=num_bins)
+    n = bins["count"].sum()
+    used = bins["count"] > 0
+    gaps = np.abs(bins["accuracy"][used] - bins["confidence"][used])
+    return float(np.sum(bins["count"][used] / n * gaps))
