@@ -73,6 +73,7 @@ FIGURES = {
         "step_time_ms",
         "test_accuracy",
     ],
+    "stochastic_depth": ["expectation_error", "per_rate", "test_accuracy_gain"],
     "calibration_shrink": [
         "accuracy_change",
         "temperature_ece_gap",
@@ -157,6 +158,10 @@ def test_quick_run_writes_its_summary_and_exact_checks_hold(name, tmp_path):
         (
             "reversible_memory",
             ["gamma=0.5", "depths=[3,24]", "width=8", "batch=8", "train_depth=2", "steps=10"],
+        ),
+        (
+            "stochastic_depth",
+            ["drop_rate=[0.3]", "depth=5", "dim=4", "mc_samples=3000", "seed=2", "steps=5"],
         ),
         (
             "calibration_shrink",
