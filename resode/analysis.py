@@ -138,8 +138,8 @@ def lipschitz_bound(field, h: float) -> Array:
                 f"lipschitz_bound: activation {field.activation} is not known to be 1-Lipschitz."
             )
         K = 1.0
-        for layer in field.layers:
-            K = K * _matrix_norm(layer.weight)
+        for w in field.weights():  # spectrally normalised when the field has a bound
+            K = K * _matrix_norm(w)
     elif isinstance(field, GraphField):
         K = _matrix_norm(jax.lax.stop_gradient(field.laplacian)) * _matrix_norm(field.weight)
     else:

@@ -69,7 +69,8 @@ class BodyConfig:
     stacks solve their stages with `solver` (default Newton-Krylov); a DEQ uses `solver` (default
     anderson), `adjoint`, `tol` and `max_steps`; a monotone DEQ (`monotone_deq`) uses `solver`
     (`peaceman_rachford`, the default, or `forward_backward`), its step `splitting_alpha`,
-    `monotonicity` (the margin m), `tol` and `max_steps`; an ODE block `ode_solver`,
+    `monotonicity` (the margin m), `tol` and `max_steps`; `spectral_bound` spectrally normalises
+    an MLP field (K-Lipschitz); an ODE block `ode_solver`,
     `ode_adjoint`, `rtol` and `atol`. `hidden` is the field's hidden width (default `model.width`).
     """
 
@@ -89,6 +90,7 @@ class BodyConfig:
     # monotone_deq: peaceman_rachford (default) | forward_backward
     monotonicity: float = 0.1  # monotone_deq: margin m, sym(I - W) >= m I
     splitting_alpha: float | None = None  # monotone_deq: splitting step (default: its own)
+    spectral_bound: float | None = None  # mlp fields: spectral normalisation, field K-Lipschitz
     adjoint: str = "implicit"
     tol: float = 1e-4
     max_steps: int = 30
@@ -303,6 +305,13 @@ def validate(cfg: Config) -> None:
             raise ConfigError(
                 f"model.body.splitting_alpha: only kind 'monotone_deq' has a splitting step, got "
                 f"kind {body.kind!r}."
+            )
+    if body.spectral_bound is not None:
+        _positive("model.body.spectral_bound", body.spectral_bound)
+        if cfg.model.stem != "mlp":
+            raise ConfigError(
+                f"model.body.spectral_bound: needs model.stem 'mlp' (an MLP field), got "
+                f"{cfg.model.stem!r}."
             )
     _choice("model.body.adjoint", body.adjoint, tuple(ADJOINTS))
     _positive("model.body.tol", body.tol)

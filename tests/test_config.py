@@ -89,6 +89,11 @@ def test_yaml_then_overrides(tmp_path):
             r"^model\.body\.gamma: must be in \(0, 1\)",
         ),
         (["model.body.learn_gamma=true"], r"^model\.body\.learn_gamma: needs"),
+        (
+            ["model.stem=conv1d", "data.name=mnist1d", "model.body.spectral_bound=1"],
+            r"^model\.body\.spectral_bound: needs model\.stem 'mlp'",
+        ),
+        (["model.body.spectral_bound=-2"], r"^model\.body\.spectral_bound: must be > 0"),
     ],
 )
 def test_errors_are_one_line_and_name_the_key(overrides, match):

@@ -74,6 +74,7 @@ FIGURES = {
         "test_accuracy",
     ],
     "stochastic_depth": ["expectation_error", "per_rate", "test_accuracy_gain"],
+    "lipschitz_robustness": ["max_ratio_over_bound", "per_bound"],
     "calibration_shrink": [
         "accuracy_change",
         "temperature_ece_gap",
@@ -96,6 +97,14 @@ FIGURES = {
     ],
 }
 CHECK_KEYS = {"name", "kind", "claim", "expected", "measured", "tolerance", "holds"}
+# Quick runs of 25 s or more (several trainings, each compiled): `make test-slow` runs them.
+SLOW_QUICK = {"lipschitz_robustness", "stochastic_depth", "reversible_memory"}
+
+
+def _quick_params(names):
+    return [
+        pytest.param(n, marks=pytest.mark.slow) if n in SLOW_QUICK else n for n in sorted(names)
+    ]
 
 
 def test_every_experiment_is_listed(capsys):
@@ -107,7 +116,7 @@ def test_every_experiment_is_listed(capsys):
     assert all(len(line.split("\t")[1]) > 20 for line in lines)  # each with its claim
 
 
-@pytest.mark.parametrize("name", sorted(FIGURES))
+@pytest.mark.parametrize("name", _quick_params(FIGURES))
 def test_quick_run_writes_its_summary_and_exact_checks_hold(name, tmp_path):
     out = tmp_path / name
     summary = run_experiment(name, out=out, quick=True, quiet=True)
@@ -159,17 +168,24 @@ def test_quick_run_writes_its_summary_and_exact_checks_hold(name, tmp_path):
             "reversible_memory",
             ["gamma=0.5", "depths=[3,24]", "width=8", "batch=8", "train_depth=2", "steps=10"],
         ),
-        (
+        pytest.param(
             "stochastic_depth",
             ["drop_rate=[0.3]", "depth=5", "dim=4", "mc_samples=3000", "seed=2", "steps=5"],
+            marks=pytest.mark.slow,
         ),
         (
             "calibration_shrink",
             ["shrink=[0.25,0.9]", "num_bins=7", "train_size=50", "depth=2", "steps=10", "seed=3"],
         ),
-        (
+        pytest.param(
             "monotone_deq",
             ["monotonicity=0.7", "alphas=[0.05,3]", "dim=6", "seed=4", "steps=5", "width=8"],
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            "lipschitz_robustness",
+            ["spectral_bound=[0.1,3]", "depth=2", "radius=0.3", "seed=5", "steps=5", "width=8"],
+            marks=pytest.mark.slow,
         ),
     ],
 )

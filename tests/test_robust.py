@@ -74,7 +74,17 @@ def test_attack_errors_name_the_argument():
         fgsm(loss, x, y, radius=-1.0)
 
 
-@pytest.mark.parametrize("body", ["residual", "implicit", "deq", "monotone_deq", "ode"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "residual",
+        "deq",
+        # Each compiles an attack through a solver (10-20 s): run by `make test-slow`.
+        pytest.param("implicit", marks=pytest.mark.slow),
+        pytest.param("monotone_deq", marks=pytest.mark.slow),
+        pytest.param("ode", marks=pytest.mark.slow),
+    ],
+)
 def test_attacks_differentiate_through_every_body_kind(body):
     model = build_classifier(
         in_shape=(6,), num_classes=3, width=8, body=body, num_steps=2, max_steps=40,
@@ -117,3 +127,32 @@ def test_ece_of_a_calibrated_sampler_is_small_and_shrinking_keeps_predictions():
     for lam in (0.2, 0.5, 0.9):
         np.testing.assert_array_equal((1 - lam) * logits.argmax(1), (1 - lam) * logits.argmax(1))
         np.testing.assert_array_equal(((1 - lam) * logits).argmax(1), logits.argmax(1))
+
+
+def test_spectral_bound_certifies_the_field_and_the_stack():
+    import resode.analysis as ra
+    import resode.nn as rn
+
+    for bound, depth in ((0.3, 1), (2.0, 2)):
+        f = rn.MLPField(5, 9, depth=depth, spectral_bound=bound, key=jax.random.PRNGKey(depth))
+        f = jax.tree_util.tree_map(lambda a: 10.0 * a if eqx_inexact(a) else a, f)  # big weights
+        norms = [float(jnp.linalg.norm(w, 2)) for w in f.weights()]
+        assert np.prod(norms) <= bound * (1 + 1e-5)
+        # The field's Jacobian never exceeds the bound, wherever it is evaluated.
+        jac = jax.vmap(jax.jacfwd(lambda y, f=f: f(0.0, y)))(
+            3 * jax.random.normal(jax.random.PRNGKey(0), (32, 5))
+        )
+        assert float(jnp.max(jnp.linalg.norm(jac, ord=2, axis=(-2, -1)))) <= bound * (1 + 1e-5)
+    stack = rn.ResidualStack(
+        lambda k: rn.MLPField(4, 8, spectral_bound=0.5, key=k), 4, key=jax.random.PRNGKey(1)
+    )
+    per_step = ra.lipschitz_bound(stack.field, 0.25)
+    assert per_step.shape == (4,) and bool(jnp.all(per_step <= 1 + 0.25 * 0.5 + 1e-6))
+    with pytest.raises(ValueError, match="spectral_bound"):
+        rn.MLPField(4, 8, spectral_bound=0.0, key=jax.random.PRNGKey(0))
+
+
+def eqx_inexact(a):
+    import equinox as eqx
+
+    return eqx.is_inexact_array(a)

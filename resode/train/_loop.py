@@ -146,6 +146,7 @@ def build_model(cfg: Config, data: Dataset, key: PRNGKeyArray | None = None):
         learn_gamma=body.learn_gamma,
         monotonicity=body.monotonicity,
         splitting_alpha=body.splitting_alpha,
+        spectral_bound=body.spectral_bound,
         key=key,
     )
 
