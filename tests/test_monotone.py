@@ -167,7 +167,7 @@ def _unrolled_loss(op, b, steps=400):
     return jnp.sum(jnp.sin(z) * jnp.arange(1, z.size + 1).reshape(b.shape))
 
 
-@pytest.mark.parametrize("kind", [0, 1])
+@pytest.mark.parametrize("kind", [0, pytest.param(1, marks=pytest.mark.slow)])  # 1: conv, 18 s
 def test_gradients_match_finite_differences_and_the_unrolled_reference(kind):
     op = _ops(0.3)[kind]
     b = _bias(op)
