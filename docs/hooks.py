@@ -118,7 +118,7 @@ API_SECTIONS = {
     "resode.experiments": [
         ("Checks", ["exact_check", "empirical_check", "Check", "checks_table", "verdict"]),
         ("Running", ["run_experiment", "list_experiments", "load_experiment", "Context", "Result"]),
-        ("Helpers", ["seed_list", "spread", "fmt_spread", "fit_config", "to_float64"]),
+        ("Helpers", ["seed_list", "spread", "fmt_spread", "fit_config", "fit_seeds", "to_float64"]),
     ],
 }
 

@@ -22,14 +22,13 @@ from resode.experiments import (
     Result,
     empirical_check,
     exact_check,
-    fit_config,
+    fit_seeds,
     fmt_spread,
     plot_series,
     seed_list,
     spread,
 )
 from resode.robust import expected_calibration_error
-from resode.train import Trainer, build_model, fit
 
 CLAIM = (
     "Shrinking logits, z = (1 - lambda) x, never changes a prediction and is temperature scaling "
@@ -104,20 +103,18 @@ def run(cfg: Config, ctx) -> Result:
     nll = {lam: [] for lam in lambdas}
     acc = {lam: [] for lam in lambdas}
     temp_gap, chosen, ece0, ece_star = 0.0, [], [], []
-    trainer = None
-    for s in seeds:
-        c = fit_config(
-            cfg.steps,
-            cfg.lr,
-            f"seed={s}",
-            f"model.width={cfg.width}",
-            f"model.body.num_steps={cfg.depth}",
-            "train.steps_per_call=50",
-            f"data.batch_size={min(128, len(train_idx))}",
-        )
-        if trainer is None:
-            trainer = Trainer(c, data)
-        model = fit(c, data, model=build_model(c, data), trainer=trainer).model
+    results = fit_seeds(
+        data,
+        seeds,
+        cfg.steps,
+        cfg.lr,
+        f"model.width={cfg.width}",
+        f"model.body.num_steps={cfg.depth}",
+        "train.steps_per_call=50",
+        f"data.batch_size={min(128, len(train_idx))}",
+    )
+    for s, result in zip(seeds, results, strict=True):
+        model = result.model
         logits_of = jax.jit(jax.vmap(lambda x: model(x, inference=True)[0]))
         val_logits = np.asarray(logits_of(jnp.asarray(x_val)), np.float64)
         test_logits = np.asarray(logits_of(jnp.asarray(data.x_test)), np.float64)

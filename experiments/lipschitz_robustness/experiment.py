@@ -24,14 +24,13 @@ from resode.experiments import (
     Result,
     empirical_check,
     exact_check,
-    fit_config,
+    fit_seeds,
     fmt_spread,
     plot_series,
     seed_list,
     spread,
 )
 from resode.robust import classifier_loss, pgd
-from resode.train import Trainer, build_model, fit
 
 CLAIM = (
     "A spectrally normalised residual stack never stretches a perturbation beyond its certified "
@@ -138,20 +137,18 @@ def run(cfg: Config, ctx) -> Result:
     ratio_over_bound = {k: [] for k in bounds}
     certified = {k: [] for k in bounds}
     for k_bound in bounds:
-        trainer = None
-        for s in seeds:
-            c = fit_config(
-                cfg.steps,
-                cfg.lr,
-                f"seed={s}",
-                f"model.width={cfg.width}",
-                f"model.body.num_steps={cfg.depth}",
-                f"model.body.spectral_bound={k_bound}",
-                "train.steps_per_call=50",
-            )
-            if trainer is None:
-                trainer = Trainer(c, data)
-            model = fit(c, data, model=build_model(c, data), trainer=trainer).model
+        results = fit_seeds(
+            data,
+            seeds,
+            cfg.steps,
+            cfg.lr,
+            f"model.width={cfg.width}",
+            f"model.body.num_steps={cfg.depth}",
+            f"model.body.spectral_bound={k_bound}",
+            "train.steps_per_call=50",
+        )
+        for s, result in zip(seeds, results, strict=True):
+            model = result.model
             # Certificate of the body: product over steps of 1 + h K_k.
             cert = float(jnp.prod(lipschitz_bound(model.body.field, h)))
             zs = jax.vmap(model.stem)(x_test[: cfg.num_probes])

@@ -28,13 +28,12 @@ from resode.experiments import (
     Result,
     empirical_check,
     exact_check,
-    fit_config,
+    fit_seeds,
     fmt_spread,
     plot_series,
     seed_list,
     spread,
 )
-from resode.train import Trainer, build_model, fit
 
 CLAIM = (
     "A monotone DEQ's equilibrium exists for any weights (sym(I - W) >= m I); Peaceman-Rachford "
@@ -168,36 +167,36 @@ def _cayley(op, alpha):
     )
 
 
-def _train(cfg, data, kind, seed, trainer):
+def _train(cfg, data, kind, seeds):
     body = (
         ["model.body.kind=monotone_deq", f"model.body.monotonicity={cfg.monotonicity}"]
         if kind == "monotone"
         else ["model.body.kind=deq", "model.body.solver=anderson"]
     )
-    c = fit_config(
+    rows = []
+    for result in fit_seeds(
+        data,
+        seeds,
         cfg.steps,
         cfg.lr,
-        f"seed={seed}",
         f"data.name={data.name}",
         f"model.width={cfg.width}",
         f"model.body.tol={cfg.tol}",
         f"model.body.max_steps={cfg.budget}",
         "train.steps_per_call=50",
         *body,
-    )
-    if trainer is None:
-        trainer = Trainer(c, data)
-    result = fit(c, data, model=build_model(c, data), trainer=trainer)
-    hist = result.history
-    train_fail = 1.0 - float(np.mean(hist["fraction_converged"]))
-    test_fail = 1.0 - float(result.evaluation["test_fraction_converged"])
-    return trainer, {
-        "test_accuracy": float(result.evaluation["test_accuracy"]),
-        "train_failure": train_fail,
-        "test_failure": test_fail,
-        "mean_iterations": float(np.mean(hist["solver_steps"])),
-        "diverged": bool(result.diverged),
-    }
+    ):
+        hist = result.history
+        rows.append(
+            {
+                "test_accuracy": float(result.evaluation["test_accuracy"]),
+                "train_failure": 1.0 - float(np.mean(hist["fraction_converged"])),
+                "test_failure": 1.0 - float(result.evaluation["test_fraction_converged"]),
+                "mean_iterations": float(np.mean(hist["solver_steps"])),
+                "diverged": bool(result.diverged),
+            }
+        )
+    return rows
 
 
 def run(cfg: Config, ctx) -> Result:
@@ -247,11 +246,7 @@ def run(cfg: Config, ctx) -> Result:
     for name in cfg.datasets:
         data = load(name)
         for kind in ("monotone", "deq"):
-            trainer = None
-            rows = []
-            for s in seeds:
-                trainer, row = _train(cfg, data, kind, s, trainer)
-                rows.append(row)
+            rows = _train(cfg, data, kind, seeds)
             runs[(name, kind)] = rows
             ctx.say(
                 f"  {name} {kind}: accuracy "

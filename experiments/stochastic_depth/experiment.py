@@ -25,13 +25,12 @@ from resode.experiments import (
     Result,
     empirical_check,
     exact_check,
-    fit_config,
+    fit_seeds,
     fmt_spread,
     plot_series,
     seed_list,
     spread,
 )
-from resode.train import Trainer, build_model, fit
 
 CLAIM = (
     "Stochastic depth's evaluation scaling is the exact expectation of its training outputs for "
@@ -129,21 +128,19 @@ def run(cfg: Config, ctx) -> Result:
     train_acc = {p: [] for p in rates}
     test_acc = {p: [] for p in rates}
     for p in rates:
-        trainer = None
-        for s in seeds:
-            c = fit_config(
-                cfg.steps,
-                cfg.lr,
-                f"seed={s}",
-                f"model.width={cfg.width}",
-                f"model.body.num_steps={cfg.depth}",
-                f"model.body.drop_rate={p}",
-                f"data.batch_size={min(128, len(idx))}",
-                "train.steps_per_call=50",
-            )
-            if trainer is None:
-                trainer = Trainer(c, data)
-            result = fit(c, data, model=build_model(c, data), trainer=trainer, evaluate_train=True)
+        results = fit_seeds(
+            data,
+            seeds,
+            cfg.steps,
+            cfg.lr,
+            f"model.width={cfg.width}",
+            f"model.body.num_steps={cfg.depth}",
+            f"model.body.drop_rate={p}",
+            f"data.batch_size={min(128, len(idx))}",
+            "train.steps_per_call=50",
+            evaluate_train=True,
+        )
+        for result in results:
             train_acc[p].append(float(result.evaluation["train_accuracy"]))
             test_acc[p].append(float(result.evaluation["test_accuracy"]))
         ctx.say(

@@ -156,3 +156,19 @@ def fit_config(steps: int, lr: float, *overrides: str):
     return load_config(
         None, [f"train.steps={steps}", f"train.lr={lr}", f"eval.every={steps}", *overrides]
     )
+
+
+def fit_seeds(data, seeds, steps: int, lr: float, *overrides: str, evaluate_train: bool = False):
+    """Train one model per seed on `data` ([`resode.train.fit`][], configs from
+    [`fit_config`][] with ``seed=s`` and `overrides`), sharing one compiled
+    [`resode.train.Trainer`][]. Returns the list of `FitResult`s, in the order of `seeds`."""
+    from ..train import Trainer, build_model, fit
+
+    results, trainer = [], None
+    for s in seeds:
+        c = fit_config(steps, lr, f"seed={s}", *overrides)
+        if trainer is None:
+            trainer = Trainer(c, data)
+        model = build_model(c, data)
+        results.append(fit(c, data, model=model, trainer=trainer, evaluate_train=evaluate_train))
+    return results
