@@ -122,7 +122,7 @@ def pgd(
     grad = jax.grad(loss_fn)
 
     def one(x0, y0, k):
-        xk = _random_start(k, x0, radius, norm) if random_start else x0
+        xk = x0 if k is None else _random_start(k, x0, radius, norm)
         xk = _project(xk, x0, radius, norm, bounds)
 
         def body(_, xk):
@@ -131,11 +131,7 @@ def pgd(
 
         return jax.lax.fori_loop(0, steps, body, xk)
 
-    keys = (
-        jax.random.split(key, x.shape[0])
-        if key is not None
-        else jnp.zeros((x.shape[0], 2), jnp.uint32)
-    )
+    keys = jax.random.split(key, x.shape[0]) if random_start else None  # None: no start noise
     return jax.vmap(one)(x, y, keys)
 
 

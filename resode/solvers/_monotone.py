@@ -366,6 +366,12 @@ class AbstractSplitting(eqx.Module):
     def step_size(self, op: AbstractMonotoneLinear) -> Array:
         """The alpha used for operator `op`."""
 
+    def make_resolvent(
+        self, op: AbstractMonotoneLinear, alpha, tol: float
+    ) -> "AbstractResolvent | None":
+        """The resolvent of ``I + alpha (I - W)`` the iteration applies, or `None` (no solve)."""
+        return None
+
 
 class ForwardBackward(AbstractSplitting):
     r"""Forward--backward splitting: $z \leftarrow \mathrm{relu}((1-\alpha) z + \alpha(Wz + b))$.
@@ -499,7 +505,7 @@ class _SplitIteration(AbstractFixedPointSolver):
         return {"num_linear_steps": state[1]}
 
 
-def _solve(problem, splitting, alpha, resolvent, z0, tol, max_steps) -> FixedPointSolution:
+def _solve(problem, alpha, resolvent, z0, tol, max_steps) -> FixedPointSolution:
     it = _SplitIteration(problem, alpha, resolvent, tol=tol, max_steps=max_steps)
     sol = iterate(it, problem, z0, None, tol=tol, max_steps=max_steps)
     stats = dict(sol.stats)
@@ -508,27 +514,25 @@ def _solve(problem, splitting, alpha, resolvent, z0, tol, max_steps) -> FixedPoi
 
 
 @eqx.filter_custom_vjp
-def _adjoint_identity(y_probe, problem_parts, splitting, tol, max_steps):
-    del problem_parts, splitting, tol, max_steps
+def _adjoint_identity(y_probe, problem_parts, tol, max_steps):
+    del problem_parts, tol, max_steps
     return y_probe[0]
 
 
 @_adjoint_identity.def_fwd
-def _adjoint_identity_fwd(perturbed, y_probe, problem_parts, splitting, tol, max_steps):
-    del perturbed, problem_parts, splitting, tol, max_steps
+def _adjoint_identity_fwd(perturbed, y_probe, problem_parts, tol, max_steps):
+    del perturbed, problem_parts, tol, max_steps
     return y_probe[0], None
 
 
 @_adjoint_identity.def_bwd
-def _adjoint_identity_bwd(
-    residuals, grad_y, perturbed, y_probe, problem_parts, splitting, tol, max_steps
-):
+def _adjoint_identity_bwd(residuals, grad_y, perturbed, y_probe, problem_parts, tol, max_steps):
     del residuals, perturbed
     y, probe = y_probe
     op, mask, alpha, resolvent = problem_parts
     g = jnp.zeros_like(y) if grad_y is None else grad_y
     problem = _Problem(op, g, mask, transpose=True)
-    sol = _solve(problem, splitting, alpha, resolvent, jnp.zeros_like(g), tol, max_steps)
+    sol = _solve(problem, alpha, resolvent, jnp.zeros_like(g), tol, max_steps)
     # u = (I - W^T D)^{-1} g = g + W^T w, with w = D u the splitting's fixed point.
     u = g + op.rmatvec(sol.value)
     if probe is None:
@@ -593,28 +597,22 @@ def monotone_fixed_point(
     z0 = jnp.zeros_like(bias) if z0 is None else jax.lax.stop_gradient(jnp.asarray(z0, bias.dtype))
     if z0.shape != bias.shape:
         raise ValueError(f"monotone_fixed_point: `z0` has shape {z0.shape}, expected {bias.shape}.")
-    frozen = _stop(linear.prepared())
-    b_sg = jax.lax.stop_gradient(bias)
+    live = linear.prepared()  # W formed once: differentiable here, frozen for the solves
+    frozen = _stop(live)
     alpha = jnp.asarray(splitting.step_size(frozen), bias.dtype)
-    resolvent = (
-        splitting.make_resolvent(frozen, alpha, tol)
-        if isinstance(splitting, PeacemanRachford)
-        else None
-    )
-    sol = _solve(
-        _Problem(frozen, b_sg, None, False), splitting, alpha, resolvent, z0, tol, max_steps
-    )
+    resolvent = splitting.make_resolvent(frozen, alpha, tol)
+    problem = _Problem(frozen, jax.lax.stop_gradient(bias), None, False)
+    sol = _solve(problem, alpha, resolvent, z0, tol, max_steps)
     z_star = sol.value
     # One differentiable application at z*: its gradient is D dv/dtheta; the identity below
     # turns the incoming cotangent into (I - W^T D)^{-1} zbar. Value: exactly z*.
-    live = linear.prepared()
-    fz = jax.nn.relu(live.matvec(z_star) + bias)
+    v = live.matvec(z_star) + bias
+    fz = jax.nn.relu(v)
     y = z_star + (fz - jax.lax.stop_gradient(fz))
-    mask = (frozen.matvec(z_star) + b_sg > 0).astype(bias.dtype)
+    mask = (jax.lax.stop_gradient(v) > 0).astype(bias.dtype)
     value = _adjoint_identity(
         (y, probe),
         (frozen, mask, alpha, resolvent),
-        splitting,
         tol if backward_tol is None else backward_tol,
         max_steps if backward_max_steps is None else backward_max_steps,
     )
