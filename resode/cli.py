@@ -30,15 +30,54 @@ def default_run_dir(config_path: str | Path | None, overrides: list[str]) -> Pat
     return Path("runs") / re.sub(r"[^A-Za-z0-9_.=+-]", "-", name)
 
 
+def _initialize_distributed(args) -> None:
+    """``jax.distributed.initialize`` with the command line's coordinator, process count and id;
+    what is not given JAX takes from the environment (``JAX_COORDINATOR_ADDRESS``, SLURM, Open
+    MPI)."""
+    import jax
+
+    given = {
+        "coordinator_address": args.coordinator,
+        "num_processes": args.num_processes,
+        "process_id": args.process_id,
+    }
+    jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
+
+
+def _distributed_arguments(parser, only: str = "") -> None:
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help=only + "call jax.distributed.initialize() first: one process per host trains one "
+        "run, the batch sharded over every host's devices",
+    )
+    parser.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="with --distributed: the address of process 0 (default: JAX_COORDINATOR_ADDRESS or "
+        "the cluster's)",
+    )
+    parser.add_argument(
+        "--num-processes",
+        type=int,
+        metavar="N",
+        help="with --distributed: the number of processes (default: from the cluster)",
+    )
+    parser.add_argument(
+        "--process-id",
+        type=int,
+        metavar="I",
+        help="with --distributed: this process's id, 0 to N-1 (default: from the cluster)",
+    )
+
+
 def _run(args) -> int:
     from .train import CheckpointError, TrainingDiverged, train_run
 
     cfg = load_config(args.config, args.overrides)
     cfg.sweep = None  # a run is one point; `resode sweep` expands the block
     if args.distributed:
-        import jax
-
-        jax.distributed.initialize()
+        _initialize_distributed(args)
     out = Path(args.out) if args.out else default_run_dir(args.config, args.overrides)
     try:
         train_run(cfg, out, quiet=args.quiet)
@@ -56,6 +95,11 @@ def _sweep(args) -> int:
 
     out = Path(args.out) if args.out else default_run_dir(args.config, args.overrides)
     sweep = Sweep(args.config, args.overrides, out)
+    if args.distributed and (args.index is None or args.list):
+        raise ConfigError(
+            "--distributed: a sweep runs one point over several processes; give --index I "
+            "(one multi-process job per point, e.g. one array task each)."
+        )
     if args.list:
         # One line per point: its index, its overrides, and the command that runs it alone
         # (tab-separated, so `cut -f3` gives the commands of an array job).
@@ -64,6 +108,8 @@ def _sweep(args) -> int:
             print(f"{i}\t{values}\t{sweep.command(i)}")
         return 0
     if args.index is not None:
+        if args.distributed:
+            _initialize_distributed(args)
         sweep.write_manifest()
         summary = sweep.run_point(args.index, quiet=args.quiet)
         return 0 if summary.get("status") in ("finished",) else 1
@@ -206,11 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=200")
     run.add_argument("--out", help="run directory (default: runs/<config name>[__overrides])")
     run.add_argument("--quiet", action="store_true", help="no messages and no progress bar")
-    run.add_argument(
-        "--distributed",
-        action="store_true",
-        help="call jax.distributed.initialize() first (multi-host data parallelism)",
-    )
+    _distributed_arguments(run)
     run.set_defaults(func=_run)
 
     sweep = sub.add_parser(
@@ -229,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--index", type=int, help="run point I only (0-based; see --list)")
     sweep.add_argument("--quiet", action="store_true", help="no messages and no progress bars")
+    _distributed_arguments(sweep, "with --index: ")
     sweep.set_defaults(func=_sweep)
 
     report = sub.add_parser(

@@ -132,6 +132,13 @@ def point_names(points: list[dict[str, Any]]) -> list[str]:
     return names
 
 
+def _is_main() -> bool:
+    """Process 0 of a multi-process run (``--distributed``); always True in one process."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 class Sweep:
     """The points of a config's sweep, with their run directories under `out`.
 
@@ -178,6 +185,8 @@ class Sweep:
         return " ".join(shlex.quote(a) for a in args)
 
     def write_manifest(self) -> None:
+        if not _is_main():
+            return
         self.out.mkdir(parents=True, exist_ok=True)
         manifest = {
             "config": self.config_path,
@@ -198,14 +207,17 @@ class Sweep:
         if not 0 <= index < len(self):
             raise ConfigError(f"--index: must be in [0, {len(self) - 1}], got {index}.")
         run_dir = self.run_dir(index)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / POINT_FILE).write_text(json.dumps(self.points[index]) + "\n")
+        main = _is_main()  # with several processes (--distributed) only process 0 writes
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / POINT_FILE).write_text(json.dumps(self.points[index]) + "\n")
         try:
             return train_run(self.configs[index], run_dir, quiet=quiet)
         except TrainingDiverged as exc:
             summary = {"status": "diverged", "message": str(exc)}
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-            if not quiet:
+            if main:
+                (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+            if not quiet and main:
                 print(f"{run_dir}: {exc}", file=sys.stderr)
             return summary
 

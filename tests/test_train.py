@@ -378,6 +378,142 @@ def test_two_host_devices_give_the_same_loss_as_one():
     assert proc.stdout.startswith("ok")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch_two_processes(cmd, out, repo, env):
+    coordinator = f"127.0.0.1:{_free_port()}"
+    return [
+        subprocess.Popen(
+            [
+                *cmd,
+                "--out",
+                str(out),
+                "--quiet",
+                "--distributed",
+                "--coordinator",
+                coordinator,
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ],
+            cwd=repo,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+
+
+@pytest.mark.slow  # ~40-60 s (two pairs of processes); `make test-slow`
+def test_two_processes_train_checkpoint_resume_and_match_one_process(tmp_path):
+    """Two `resode run --distributed` processes (one CPU device each, gloo collectives, a
+    coordinator on a loopback port) train the same global batch as one process: killed after a
+    checkpoint and resumed, they end where a single-process run ends, to rounding; only process
+    0 writes the run directory."""
+    repo = Path(__file__).parents[1]
+    overrides = [
+        "model.width=16",
+        "data.batch_size=64",
+        "train.steps=120",
+        "train.steps_per_call=5",
+        "train.checkpoint_every=20",
+        "eval.every=60",
+    ]
+    cmd = [sys.executable, "-m", "resode.cli", "run", "configs/quickstart.yaml", *overrides]
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
+    env["JAX_PLATFORMS"] = "cpu"
+    two = tmp_path / "two"
+    procs = _launch_two_processes(cmd, two, repo, env)
+    deadline = time.time() + 180
+    while (
+        len(list_checkpoints(two)) < 2
+        and time.time() < deadline
+        and all(p.poll() is None for p in procs)
+    ):
+        time.sleep(0.02)
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+    logs = [p.communicate()[0] for p in procs]
+    kept = latest_checkpoint(two)
+    assert kept is not None and kept >= 40, logs
+    assert not (two / "summary.json").exists(), "the run finished before it could be killed"
+    # Resume on a fresh coordinator; the pair finishes.
+    procs = _launch_two_processes(cmd, two, repo, env)
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    one = tmp_path / "one"
+    cfg = load_config(repo / "configs/quickstart.yaml", overrides)
+    with jax.enable_x64(False):  # the processes train in float32
+        s1 = train_run(cfg, one, quiet=True, devices=jax.devices()[:1])
+        like = jax.device_get(Trainer(cfg, load("digits")).init_state())
+    s2 = json.loads((two / "summary.json").read_text())
+    assert s2["num_devices"] == 2 and s1["num_devices"] == 1
+    assert s2["resumed_from"] == kept and s1["resumed_from"] is None
+    # Only process 0 writes: one metrics line per step and evaluation, no stray files.
+    rows2 = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    rows1 = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["split"]) for r in rows2] == [(r["step"], r["split"]) for r in rows1]
+    assert sorted(p.name for p in two.rglob("*") if "tmp" in p.name) == []
+    # The same training, to rounding (the gradient mean is reduced in another order).
+    np.testing.assert_allclose(
+        [r["loss"] for r in rows2 if r["split"] == "train"],
+        [r["loss"] for r in rows1 if r["split"] == "train"],
+        rtol=1e-4,
+    )
+    np.testing.assert_allclose(s2["test_loss"], s1["test_loss"], rtol=1e-4)
+    p2, _ = load_checkpoint(two, like)
+    p1, _ = load_checkpoint(one, like)
+    leaves = jax.tree_util.tree_leaves
+    for a, b in zip(leaves(p2.params), leaves(p1.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow  # ~20-30 s (two processes); `make test-slow`
+def test_sweep_point_over_two_processes(tmp_path):
+    """`resode sweep --index I --distributed`: one point trained by two processes; process 0
+    alone writes the manifest, the point's files and its metrics."""
+    repo = Path(__file__).parents[1]
+    config = tmp_path / "sweep.yaml"
+    config.write_text(
+        "data: {name: digits, batch_size: 64}\n"
+        "model: {width: 16, body: {kind: residual, num_steps: 2}}\n"
+        "train: {steps: 20, steps_per_call: 10, checkpoint_every: 10}\n"
+        "eval: {every: 10}\n"
+        "sweep: {model.body.num_steps: [1, 2]}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
+    env["JAX_PLATFORMS"] = "cpu"
+    cmd = [sys.executable, "-m", "resode.cli", "sweep", str(config), "--index", "1"]
+    out = tmp_path / "sweep"
+    procs = _launch_two_processes(cmd, out, repo, env)
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    point = out / "num_steps=2"
+    summary = json.loads((point / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["num_devices"] == 2
+    assert json.loads((point / "point.json").read_text()) == {"model.body.num_steps": 2}
+    rows = (point / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 20 + 2  # 20 training steps and 2 evaluations, written once
+    assert (out / "sweep.json").exists() and not (out / "num_steps=1").exists()
+
+
+def test_distributed_sweep_needs_an_index(tmp_path, capsys):
+    config = Path(__file__).parents[1] / "configs" / "depth_comparison_quick.yaml"
+    code = main(["sweep", str(config), "--out", str(tmp_path / "s"), "--distributed"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--distributed" in err and "--index" in err
+    assert not (tmp_path / "s").exists()
+
+
 def test_state_is_an_equinox_pytree_of_arrays():
     trainer = Trainer(_cfg(), load("digits"))
     leaves = jax.tree_util.tree_leaves(trainer.init_state())

@@ -139,6 +139,9 @@ def train_run(
     rows = _read_metrics(run_dir, upto=start or 0)
     if _is_main():
         _rewrite_metrics(run_dir, rows)  # drop lines of steps after the checkpoint
+    # Training rows so far, kept in memory: with several processes only process 0 writes
+    # metrics.jsonl, so the others must not read it back at the end.
+    train_rows = [r for r in rows if r["split"] == "train"]
 
     tensorboard = None
     if cfg.train.tensorboard and _is_main():
@@ -188,6 +191,7 @@ def train_run(
                 row.update({k: _finite_or_none(v[i]) for k, v in metrics.items()})
                 row["step_time_ms"] = 1e3 * elapsed / length
                 write(row)
+                train_rows.append(row)
             if bad.any():
                 at = step + int(np.argmax(bad)) + 1
                 kept = latest_checkpoint(run_dir)
@@ -231,8 +235,6 @@ def train_run(
         data.y_test[:n_measure],
         classification=trainer.classification,
     )
-    rows = _read_metrics(run_dir, None)
-    train_rows = [r for r in rows if r["split"] == "train"]
     last = train_rows[-min(len(train_rows), cfg.train.steps_per_call) :]
     summary = {
         "status": "finished",
