@@ -8,8 +8,10 @@ Shows: steps per second on the quickstart model (configs/quickstart.yaml: digits
          compiled `lax.scan`, donated state, metrics and diagnostics returned every step),
        - a minimal hand-written loop: one `jax.jit` step per Python iteration (donated),
        - a hand-written `lax.scan` over the same steps (no metrics),
-       all over the same device-resident arrays and the same batch order. Target: resode at
-       least 0.95x the minimal hand-written loop.
+       all over the same device-resident arrays and the same batch order, and resode with
+       `train.precision=bfloat16` (bfloat16 compute, float32 parameters). Target: resode at
+       least 0.95x the minimal hand-written loop; the bfloat16 ratio has none (it depends on
+       whether the device has bfloat16 units).
 """
 
 import argparse
@@ -63,6 +65,11 @@ def main(quick: bool = False) -> str:
     repeats = 3 if quick else 40
     trainer = Trainer(cfg, load(cfg.data.name, seed=cfg.data.seed))
     carry_r = [trainer.init_state()]
+    trainer_bf16 = Trainer(
+        load_config(QUICKSTART, [*overrides, "train.precision=bfloat16"]),
+        load(cfg.data.name, seed=cfg.data.seed),
+    )
+    carry_b = [trainer_bf16.init_state()]
     init, step, scan = hand_written(
         trainer.model(trainer.params0), cfg, trainer.x_train, trainer.y_train, trainer._data_key
     )
@@ -72,6 +79,10 @@ def main(quick: bool = False) -> str:
     def run_resode():
         carry_r[0], metrics = trainer.train(carry_r[0], length)
         return carry_r[0].step
+
+    def run_bf16():
+        carry_b[0], metrics = trainer_bf16.train(carry_b[0], length)
+        return carry_b[0].step
 
     def run_loop():
         for _ in range(length):
@@ -83,7 +94,9 @@ def main(quick: bool = False) -> str:
         return losses
 
     times = time_interleaved(
-        {"resode": run_resode, "loop": run_loop, "scan": run_scan}, repeats=repeats, warmup=2
+        {"resode": run_resode, "bf16": run_bf16, "loop": run_loop, "scan": run_scan},
+        repeats=repeats,
+        warmup=2,
     )
     rate = {k: length / (v.median_ms / 1e3) for k, v in times.items()}
     rows = [
@@ -97,6 +110,7 @@ def main(quick: bool = False) -> str:
             ("resode Trainer.train (resode run)", "resode"),
             ("hand-written: jit step per iteration", "loop"),
             ("hand-written: lax.scan of steps", "scan"),
+            ("resode, train.precision=bfloat16", "bf16"),
         ]
     ]
     out = [
@@ -116,6 +130,7 @@ def main(quick: bool = False) -> str:
             0.95,
         ),
         record("train", "steps/s: resode / hand-written lax.scan", rate["resode"] / rate["scan"]),
+        record("train", "steps/s: bfloat16 / float32 (resode)", rate["bf16"] / rate["resode"]),
     ]
     report = "\n".join(out)
     print(report)

@@ -43,6 +43,10 @@ def norm(tree: PyTree) -> jax.Array:
     return jnp.sqrt(sq_norm(tree))
 
 
+def astype(tree: PyTree, dtype) -> PyTree:
+    return jtu.tree_map(lambda x: jnp.asarray(x).astype(dtype), tree)
+
+
 def all_finite(tree: PyTree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jtu.tree_leaves(tree)]
     return jnp.stack(leaves).all()

@@ -42,6 +42,8 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 """The values `train.optimizer` accepts."""
 SCHEDULES = ("constant", "cosine")
 """The values `train.schedule` accepts."""
+PRECISIONS = ("float32", "bfloat16")
+"""The values `train.precision` accepts: the dtype of the forward and backward pass."""
 
 
 class ConfigError(ValueError):
@@ -126,6 +128,7 @@ class TrainConfig:
     steps_per_call: int = 10
     checkpoint_every: int = 500
     tensorboard: bool = False  # also write TensorBoard event files to RUN_DIR/tensorboard
+    precision: str = "float32"  # or bfloat16: compute in bfloat16, parameters and Adam in float32
 
 
 @dataclasses.dataclass
@@ -325,6 +328,7 @@ def validate(cfg: Config) -> None:
     _choice("train.optimizer", cfg.train.optimizer, OPTIMIZERS)
     _positive("train.weight_decay", cfg.train.weight_decay, zero_ok=True)
     _choice("train.schedule", cfg.train.schedule, SCHEDULES)
+    _choice("train.precision", cfg.train.precision, PRECISIONS)
     _positive("train.warmup_steps", cfg.train.warmup_steps, zero_ok=True)
     if cfg.train.grad_clip is not None:
         _positive("train.grad_clip", cfg.train.grad_clip)

@@ -71,6 +71,7 @@ def test_yaml_then_overrides(tmp_path):
         ),
         (["model.body.solver=gmres"], r"^model\.body\.solver: .*picard, anderson, broyden, newton"),
         (["train.optimizer=lion"], r"^train\.optimizer: .*adam, adamw, sgd"),
+        (["train.precision=float16"], r"^train\.precision: 'float16' is not allowed.*bfloat16"),
         (["model.body.drop_rate=1.0"], r"^model\.body\.drop_rate"),
         (["train.steps"], r"must look like key=value"),
         (["train.lr=[1,2"], r"^override 'train\.lr=\[1,2'"),

@@ -35,7 +35,7 @@ class Diagnostics(eqx.Module):
             num_fevals=jnp.asarray(num_fevals, jnp.int32),
             num_jvps=zero,
             solver_steps=zero,
-            residual=jnp.zeros((), dtype),
+            residual=jnp.zeros((), jnp.promote_types(dtype, jnp.float32)),
             converged=jnp.array(True),
         )
 

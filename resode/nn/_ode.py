@@ -5,6 +5,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from ..solvers import precision_floor
 from ._diagnostics import Diagnostics
 from ._fields import AbstractVectorField
 
@@ -86,20 +87,30 @@ class ODEBlock(eqx.Module):
 
     def __call__(self, y: Array, args=None):
         solver_cls, per_step = _SOLVERS[self.solver]
+        dtype = jnp.result_type(y)
+        term, y0 = self.field, y
+        if (wide := jnp.promote_types(dtype, jnp.float32)) != dtype:
+            # A 16-bit state (mixed precision): diffrax integrates and controls the error in
+            # float32 while the field is evaluated in the state's dtype. rtol and atol are never
+            # below that dtype's epsilon, the accuracy of each evaluation: below it the error
+            # estimate is rounding noise and the controller rejects steps for nothing.
+            field = self.field
+            term = lambda t, z, a: field(t, z.astype(dtype), a).astype(wide)
+            y0 = y.astype(wide)
         controller = dfx.PIDController(
-            rtol=self.rtol,
-            atol=self.atol,
+            rtol=max(self.rtol, precision_floor(dtype)),
+            atol=max(self.atol, precision_floor(dtype)),
             pcoeff=self.pcoeff,
             icoeff=self.icoeff,
             dcoeff=self.dcoeff,
         )
         sol = dfx.diffeqsolve(
-            dfx.ODETerm(self.field),
+            dfx.ODETerm(term),
             solver_cls(),
             0.0,
             self.t1,
             self.dt0,
-            y,
+            y0,
             args,
             stepsize_controller=controller,
             adjoint=_ADJOINTS[self.adjoint](),
@@ -116,7 +127,7 @@ class ODEBlock(eqx.Module):
             num_fevals=nfe,
             num_jvps=jnp.array(0, jnp.int32),
             solver_steps=steps,
-            residual=jnp.zeros((), jnp.result_type(y)),
+            residual=jnp.zeros((), wide),
             converged=sol.result == dfx.RESULTS.successful,
         )
-        return sol.ys[-1], diag
+        return sol.ys[-1].astype(dtype), diag

@@ -15,7 +15,7 @@ from ._adjoint import (
     solve_fixed_point,
 )
 from ._fixed_point import ADJOINTS, SOLVERS, fixed_point, resolve_adjoint, resolve_solver
-from ._iterate import default_tol, iterate
+from ._iterate import default_tol, iterate, precision_floor
 from ._monotone import (
     SPLITTINGS,
     AbstractMonotoneLinear,
@@ -57,6 +57,7 @@ __all__ = [
     "fixed_point",
     "iterate",
     "monotone_fixed_point",
+    "precision_floor",
     "resolve_adjoint",
     "resolve_solver",
     "resolve_splitting",

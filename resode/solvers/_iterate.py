@@ -10,13 +10,30 @@ from ._solution import FixedPointSolution
 from ._solvers import AbstractFixedPointSolver
 
 
+def precision_floor(dtype) -> float:
+    """The smallest relative tolerance a solve in `dtype` is held to.
+
+    For the 16-bit floats (bfloat16, float16) it is their machine epsilon (7.8e-3, 9.8e-4): the
+    rounding of f(z) alone leaves a relative residual of that order, so a tolerance written for
+    float32 (say 1e-4) could never be met and every solve would run to `max_steps`. For float32
+    and wider it is 0: a tolerance tighter than they can reach is kept, and reported as not
+    converged.
+    """
+    eps = float(jnp.finfo(dtype).eps)
+    return eps if eps > float(jnp.finfo(jnp.float32).eps) else 0.0
+
+
 def default_tol(dtype) -> float:
-    """100 machine epsilons of `dtype`: 1.2e-5 for float32, 2.2e-14 for float64."""
-    return 100.0 * float(jnp.finfo(dtype).eps)
+    """100 machine epsilons of `dtype` (1.2e-5 for float32, 2.2e-14 for float64); for the
+    16-bit floats their [`precision_floor`][resode.solvers.precision_floor] (the epsilon)."""
+    return precision_floor(dtype) or 100.0 * float(jnp.finfo(dtype).eps)
 
 
 def resolve_tol(tol: float | None, z: PyTree) -> float:
-    return default_tol(_tree.real_dtype(z)) if tol is None else float(tol)
+    """The relative tolerance of a solve of state `z`: `tol` (default `default_tol`), never below
+    the state dtype's `precision_floor`."""
+    dtype = _tree.real_dtype(z)
+    return default_tol(dtype) if tol is None else max(float(tol), precision_floor(dtype))
 
 
 def check_map(fn, z0: PyTree, args: Args) -> None:
@@ -33,6 +50,11 @@ def check_map(fn, z0: PyTree, args: Args) -> None:
         )
 
 
+def residual_dtype(z: PyTree) -> jnp.dtype:
+    """The dtype residuals of state `z` are measured in: its real dtype, at least float32."""
+    return jnp.promote_types(_tree.real_dtype(z), jnp.float32)
+
+
 def residual_test(fz: PyTree, z: PyTree, tol: float, atol: float = 0.0):
     """The stopping test of every solve: ``(done, relative_residual)``.
 
@@ -41,7 +63,9 @@ def residual_test(fz: PyTree, z: PyTree, tol: float, atol: float = 0.0):
     vanish, inf when the scale vanishes alone or anything is not finite). A diagnostic: it is
     never differentiated (the unrolled adjoint would otherwise meet sqrt(0) and 0/0).
     """
-    dtype = _tree.real_dtype(z)
+    dtype = residual_dtype(z)
+    if dtype != _tree.real_dtype(z):  # a 16-bit state: measured in float32
+        fz, z = _tree.astype(fz, dtype), _tree.astype(z, dtype)
     inf = jnp.asarray(jnp.inf, dtype)
     err = _tree.norm(jax.lax.stop_gradient(_tree.sub(fz, z)))
     scale = _tree.norm(jax.lax.stop_gradient(fz))
@@ -77,8 +101,7 @@ def iterate(
     tol = resolve_tol(solver.tol if tol is None else tol, z0)
     max_steps = solver.max_steps if max_steps is None else max_steps
     atol = solver.atol
-    dtype = _tree.real_dtype(z0)
-    inf = jnp.asarray(jnp.inf, dtype)
+    inf = jnp.asarray(jnp.inf, residual_dtype(z0))
 
     def cond(carry):
         k, _, _, _, done, _ = carry

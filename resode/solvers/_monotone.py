@@ -31,7 +31,7 @@ from jaxtyping import Array, PRNGKeyArray
 
 from ._adjoint import _stop
 from ._fixed_point import _resolve
-from ._iterate import iterate
+from ._iterate import iterate, precision_floor
 from ._linear import linear_solve
 from ._solution import FixedPointSolution
 from ._solvers import AbstractFixedPointSolver
@@ -99,8 +99,9 @@ class _LUResolvent(AbstractResolvent):
     pivots: Array
 
     def solve(self, r, transpose):
-        x = jax.scipy.linalg.lu_solve((self.lu, self.pivots), r.reshape(-1), trans=int(transpose))
-        return x.reshape(r.shape), jnp.array(0, jnp.int32)
+        rhs = r.reshape(-1).astype(self.lu.dtype)  # a 16-bit state is solved in float32
+        x = jax.scipy.linalg.lu_solve((self.lu, self.pivots), rhs, trans=int(transpose))
+        return x.reshape(r.shape).astype(r.dtype), jnp.array(0, jnp.int32)
 
 
 class _KrylovResolvent(AbstractResolvent):
@@ -113,8 +114,10 @@ class _KrylovResolvent(AbstractResolvent):
 
     def solve(self, r, transpose):
         apply = self.op.rmatvec if transpose else self.op.matvec
-        matvec = lambda x: (1 + self.alpha) * x - self.alpha * apply(x)
-        x, steps = linear_solve(matvec, r, rtol=self.rtol, max_steps=self.max_steps)
+        alpha = self.alpha.astype(r.dtype)
+        matvec = lambda x: (1 + alpha) * x - alpha * apply(x)
+        rtol = max(self.rtol, precision_floor(r.dtype))
+        x, steps = linear_solve(matvec, r, rtol=rtol, max_steps=self.max_steps)
         return x, jnp.asarray(steps, jnp.int32)
 
 
@@ -138,16 +141,17 @@ class _DenseMatrix(AbstractMonotoneLinear):
         return self.weight
 
     def resolvent(self, alpha):
-        n = self.weight.shape[0]
-        v = (1 + alpha) * jnp.eye(n, dtype=self.weight.dtype) - alpha * self.weight
+        w = _wide(self.weight)  # factorisations in at least float32
+        v = (1 + alpha) * jnp.eye(w.shape[0], dtype=w.dtype) - alpha * w
         return _LUResolvent(*jax.scipy.linalg.lu_factor(v))
 
     def lipschitz(self):
-        n = self.weight.shape[0]
-        return jnp.linalg.norm(jnp.eye(n, dtype=self.weight.dtype) - self.weight, ord=2)
+        w = _wide(self.weight)
+        return jnp.linalg.norm(jnp.eye(w.shape[0], dtype=w.dtype) - w, ord=2)
 
     def min_eig(self):
-        m = jnp.eye(self.weight.shape[0], dtype=self.weight.dtype) - self.weight
+        w = _wide(self.weight)
+        m = jnp.eye(w.shape[0], dtype=w.dtype) - w
         return jnp.linalg.eigvalsh((m + m.T) / 2)[0]
 
 
@@ -209,6 +213,15 @@ class DenseMonotone(AbstractMonotoneLinear):
         return self.prepared().min_eig()
 
 
+def _op_dtype(op: AbstractMonotoneLinear):
+    return jnp.result_type(*[x for x in jax.tree_util.tree_leaves(op) if eqx.is_inexact_array(x)])
+
+
+def _wide(x: Array) -> Array:
+    """`x` in at least float32: 16-bit states (mixed precision) have no LU, SVD, eigh or FFT."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def _circular_conv(kernel: Array, x: Array) -> Array:
     """Circular ("wrap") convolution of x (channels, *spatial) with (out, in, *window)."""
     pads = [(0, 0)] + [(k // 2, k // 2) for k in kernel.shape[2:]]
@@ -226,7 +239,7 @@ class _FFTResolvent(AbstractResolvent):
 
     def solve(self, r, transpose):
         axes = tuple(range(1, r.ndim))
-        rh = jnp.moveaxis(jnp.fft.fftn(r, axes=axes), 0, -1)  # (*spatial, c)
+        rh = jnp.moveaxis(jnp.fft.fftn(_wide(r), axes=axes), 0, -1)  # (*spatial, c)
         inv = jnp.conj(jnp.swapaxes(self.inverse, -1, -2)) if transpose else self.inverse
         xh = jnp.einsum("...ij,...j->...i", inv, rh)
         x = jnp.fft.ifftn(jnp.moveaxis(xh, -1, 0), axes=axes).real
@@ -319,7 +332,7 @@ class ConvMonotone(AbstractMonotoneLinear):
         impulses = jnp.zeros((c, c) + self.spatial_shape, self.a.dtype)
         origin = (0,) * len(self.spatial_shape)
         impulses = impulses.at[(jnp.arange(c), jnp.arange(c)) + origin].set(1.0)
-        responses = jax.vmap(self.matvec)(impulses)  # [j] = W e_j delta, shape (c, *spatial)
+        responses = _wide(jax.vmap(self.matvec)(impulses))  # [j] = W e_j delta: (c, *spatial)
         axes = tuple(range(2, responses.ndim))
         spectrum = jnp.fft.fftn(responses, axes=axes)  # (j, i, *spatial)
         return jnp.moveaxis(jnp.moveaxis(spectrum, 0, -1), 0, -2)  # (*spatial, i, j)
@@ -456,7 +469,11 @@ class _Problem(eqx.Module):
     transpose: bool = eqx.field(static=True)
 
     def apply(self, z):
-        return self.op.rmatvec(z) if self.transpose else self.op.matvec(z)
+        # The state may be wider than the operator (a float32 state for bfloat16 weights, see
+        # `monotone_fixed_point`): W is applied in its own dtype, the result kept in the state's.
+        zc = z.astype(_op_dtype(self.op))
+        out = self.op.rmatvec(zc) if self.transpose else self.op.matvec(zc)
+        return out.astype(z.dtype)
 
     def prox(self, v):
         return jax.nn.relu(v) if self.mask is None else self.mask * v
@@ -531,10 +548,11 @@ def _adjoint_identity_bwd(residuals, grad_y, perturbed, y_probe, problem_parts, 
     y, probe = y_probe
     op, mask, alpha, resolvent = problem_parts
     g = jnp.zeros_like(y) if grad_y is None else grad_y
-    problem = _Problem(op, g, mask, transpose=True)
-    sol = _solve(problem, alpha, resolvent, jnp.zeros_like(g), tol, max_steps)
+    gw = _wide(g)  # the splitting's state is at least float32, like the forward solve's
+    problem = _Problem(op, gw, mask.astype(gw.dtype), transpose=True)
+    sol = _solve(problem, alpha, resolvent, jnp.zeros_like(gw), tol, max_steps)
     # u = (I - W^T D)^{-1} g = g + W^T w, with w = D u the splitting's fixed point.
-    u = g + op.rmatvec(sol.value)
+    u = g + op.rmatvec(sol.value.astype(g.dtype))
     if probe is None:
         grad_probe = None
     else:
@@ -570,6 +588,11 @@ def monotone_fixed_point(
       ones).
     - `probe`: observe the backward solve (see [`backward_probe`][]).
 
+    **Mixed precision.** With a 16-bit `bias` (bfloat16 training) W is applied in the operator's
+    dtype but the splitting's state, resolvent and residuals are float32, and `tol` and
+    `backward_tol` are never below the 16-bit epsilon ([`precision_floor`][resode.solvers.precision_floor]);
+    the value is returned in the bias's dtype.
+
     **Returns:** a [`FixedPointSolution`][]; `stats` holds ``alpha`` (the step used) and, for
     Peaceman--Rachford with GMRES, ``num_linear_steps``. Differentiable with respect to the
     arrays of `linear` and to `bias` (exact implicit gradient, solved by the same splitting);
@@ -599,11 +622,18 @@ def monotone_fixed_point(
         raise ValueError(f"monotone_fixed_point: `z0` has shape {z0.shape}, expected {bias.shape}.")
     live = linear.prepared()  # W formed once: differentiable here, frozen for the solves
     frozen = _stop(live)
-    alpha = jnp.asarray(splitting.step_size(frozen), bias.dtype)
+    # A 16-bit bias (mixed precision): the splitting's state is float32 and W is applied in its
+    # own dtype, so that small steps (forward-backward) are not rounded away; the tolerances are
+    # never below the 16-bit epsilon, the accuracy of each application of W.
+    floor = precision_floor(bias.dtype)
+    tol = max(tol, floor)
+    backward_tol = max(tol if backward_tol is None else backward_tol, floor)
+    wide = _wide(bias).dtype
+    alpha = jnp.asarray(splitting.step_size(frozen), wide)
     resolvent = splitting.make_resolvent(frozen, alpha, tol)
-    problem = _Problem(frozen, jax.lax.stop_gradient(bias), None, False)
-    sol = _solve(problem, alpha, resolvent, z0, tol, max_steps)
-    z_star = sol.value
+    problem = _Problem(frozen, jax.lax.stop_gradient(bias).astype(wide), None, False)
+    sol = _solve(problem, alpha, resolvent, z0.astype(wide), tol, max_steps)
+    z_star = sol.value.astype(bias.dtype)
     # One differentiable application at z*: its gradient is D dv/dtheta; the identity below
     # turns the incoming cotangent into (I - W^T D)^{-1} zbar. Value: exactly z*.
     v = live.matvec(z_star) + bias
@@ -613,7 +643,7 @@ def monotone_fixed_point(
     value = _adjoint_identity(
         (y, probe),
         (frozen, mask, alpha, resolvent),
-        tol if backward_tol is None else backward_tol,
+        backward_tol,
         max_steps if backward_max_steps is None else backward_max_steps,
     )
     return eqx.tree_at(lambda s: s.value, sol, value)

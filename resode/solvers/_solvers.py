@@ -272,7 +272,11 @@ class Anderson(AbstractFixedPointSolver):
     def init(self, z, args):
         x = _flat(z)
         hist = jnp.zeros((self.memory,) + x.shape, x.dtype)
-        gram = jnp.zeros((self.memory, self.memory), jnp.real(x).dtype)
+        # The Gram matrix, the small solve and the weights are kept in at least float32: in a
+        # 16-bit state the weights would otherwise carry errors of 1e-2 into every step.
+        gram = jnp.zeros(
+            (self.memory, self.memory), jnp.promote_types(jnp.real(x).dtype, "float32")
+        )
         return hist, hist, gram, jnp.array(0, jnp.int32)
 
     def update(self, z, fz, aux, state, tol):
@@ -287,7 +291,7 @@ class Anderson(AbstractFixedPointSolver):
         gs = gs.at[slot].set(g)
         # The Gram matrix of the stored residuals is kept in the state: only the new residual's
         # row and column are computed (m inner products, not m^2).
-        row = jnp.real(gs.conj() @ g)
+        row = jnp.real(jnp.matmul(gs.conj(), g, preferred_element_type=gram.dtype))
         gram = gram.at[slot, :].set(row).at[:, slot].set(row)
         filled = jnp.arange(self.memory) < jnp.minimum(k + 1, self.memory)
         both = filled[:, None] & filled[None, :]
@@ -299,8 +303,8 @@ class Anderson(AbstractFixedPointSolver):
         # breakdown gives non-finite weights, caught by the safeguard below.
         weights = _spd_solve(gram_k, filled.astype(gram_k.dtype))
         alpha = weights / jnp.sum(weights)
-        alpha = jnp.where(filled, alpha, 0.0).astype(ys.dtype)
-        accelerated = alpha @ ys
+        alpha = jnp.where(filled, alpha, 0.0).astype(jnp.promote_types(ys.dtype, gram.dtype))
+        accelerated = (alpha @ ys).astype(ys.dtype)
         ok = jnp.all(jnp.isfinite(alpha)) & (jnp.sum(jnp.abs(alpha)) <= self.max_coefficient)
         x_next = jnp.where(ok & jnp.all(jnp.isfinite(accelerated)), accelerated, picard)
         return unravel(x_next), (ys, gs, gram, k + 1)

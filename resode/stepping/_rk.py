@@ -34,7 +34,7 @@ def _stats_of(sol, evals_per_iter: int, dtype) -> StepStats:
         num_fevals=(sol.num_steps + sol.stats.get("num_line_search_evals", 0)) * evals_per_iter,
         num_jvps=sol.stats.get("num_linear_steps", jnp.array(0, jnp.int32)) * evals_per_iter,
         root_steps=sol.num_steps,
-        root_residual=sol.residual.astype(dtype),
+        root_residual=sol.residual.astype(jnp.promote_types(dtype, jnp.float32)),
         root_converged=sol.converged,
     )
 

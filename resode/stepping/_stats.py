@@ -15,7 +15,8 @@ class StepStats(eqx.Module):
       one evaluation).
     - `root_steps`: nonlinear iterations of the implicit stage solves, summed (0 for explicit
       schemes).
-    - `root_residual`: the largest final relative residual of any stage solve.
+    - `root_residual`: the largest final relative residual of any stage solve (in the state's
+      dtype, at least float32).
     - `root_converged`: whether every stage solve met its tolerance.
     """
 
@@ -31,7 +32,7 @@ class StepStats(eqx.Module):
             num_fevals=jnp.asarray(num_fevals, jnp.int32),
             num_jvps=jnp.asarray(0, jnp.int32),
             root_steps=jnp.asarray(0, jnp.int32),
-            root_residual=jnp.asarray(0, dtype),
+            root_residual=jnp.asarray(0, jnp.promote_types(dtype, jnp.float32)),
             root_converged=jnp.asarray(True),
         )
 

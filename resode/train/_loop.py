@@ -151,6 +151,17 @@ def build_model(cfg: Config, data: Dataset, key: PRNGKeyArray | None = None):
     )
 
 
+def _cast_floats(tree, dtype):
+    """Every floating-point array leaf of `tree` cast to `dtype` (integers, keys untouched)."""
+
+    def cast(x):
+        if eqx.is_array(x) and jnp.issubdtype(x.dtype, jnp.floating):
+            return x.astype(dtype)
+        return x
+
+    return jax.tree_util.tree_map(cast, tree)
+
+
 def _put(x: np.ndarray, sharding: NamedSharding) -> Array:
     """A host array as a global array with `sharding` (works with one or several processes)."""
     x = np.asarray(x)
@@ -197,6 +208,7 @@ class Trainer:
         self.params0, self.static = eqx.partition(model, eqx.is_inexact_array)
         self.optimizer = make_optimizer(cfg)
         self.uses_dropout = cfg.model.body.drop_rate > 0
+        self.compute_dtype = jnp.dtype(cfg.train.precision)
         # Device-resident data: replicated (small embedded sets); the test set padded to whole
         # evaluation batches with a mask.
         self.x_train = _put(data.x_train, self.replicated)
@@ -263,12 +275,18 @@ class Trainer:
         return jax.lax.with_sharding_constraint(x, self.batch_sharding)
 
     def _forward(self, params, x, y, mask, key, inference):
+        if self.compute_dtype != jnp.float32:
+            # Mixed precision: the float32 master parameters and the inputs are cast to the
+            # compute dtype, the outputs back to float32 for the loss; the gradient of the cast
+            # is a cast, so the gradient arrives in float32 for the float32 optimiser.
+            params, x = _cast_floats((params, x), self.compute_dtype)
         model = self.model(params)
         if key is None:
             out, diag = jax.vmap(lambda xi: model(xi, inference=inference))(x)
         else:
             keys = jax.random.split(key, x.shape[0])
             out, diag = jax.vmap(lambda xi, ki: model(xi, key=ki, inference=inference))(x, keys)
+        out = out.astype(jnp.float32)
         if self.classification:
             losses = optax.softmax_cross_entropy_with_integer_labels(out, y)
             correct = (jnp.argmax(out, axis=-1) == y).astype(jnp.float32)
