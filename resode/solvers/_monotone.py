@@ -590,8 +590,9 @@ def monotone_fixed_point(
 
     **Mixed precision.** With a 16-bit `bias` (bfloat16 training) W is applied in the operator's
     dtype but the splitting's state, resolvent and residuals are float32, and `tol` and
-    `backward_tol` are never below the 16-bit epsilon ([`precision_floor`][resode.solvers.precision_floor]);
-    the value is returned in the bias's dtype.
+    `backward_tol` are never below the 16-bit epsilon
+    ([`precision_floor`][resode.solvers.precision_floor]); the value is returned in the bias's
+    dtype.
 
     **Returns:** a [`FixedPointSolution`][]; `stats` holds ``alpha`` (the step used) and, for
     Peaceman--Rachford with GMRES, ``num_linear_steps``. Differentiable with respect to the
