@@ -1,5 +1,6 @@
 """The one loop that runs every fixed-point solver (no custom derivatives here)."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -91,7 +92,12 @@ def iterate(
     Stops when ``||fn(z) - z|| <= atol + tol * ||fn(z)||`` or after `max_steps` iterations
     (`tol`/`max_steps` default to the solver's own). Tracks the iterate with the lowest relative
     residual and returns it; a proposed iterate that is not finite is replaced by ``fn(z)`` (a
-    plain Picard step), so a finite problem never turns into NaN. Never raises under jit.
+    plain Picard step; Anderson guards its own proposal the same way), so a finite problem never
+    turns into NaN. Never raises under jit.
+
+    Under `jax.vmap`, solvers whose state holds no counters (Picard, Anderson, Broyden) run a
+    loop with its own batching rule: each example stops at its own iteration, as unbatched, but
+    only the iterate and its bookkeeping are selected per example, not the solver's history.
 
     By default this is a `lax.while_loop`, which reverse-mode autodiff cannot go through: the
     adjoints in `_adjoint.py` attach gradients. With `differentiable=True` it is a `lax.scan` of
@@ -101,13 +107,12 @@ def iterate(
     tol = resolve_tol(solver.tol if tol is None else tol, z0)
     max_steps = solver.max_steps if max_steps is None else max_steps
     atol = solver.atol
-    inf = jnp.asarray(jnp.inf, residual_dtype(z0))
 
     def cond(carry):
         k, _, _, _, done, _ = carry
         return (~done) & (k < max_steps)
 
-    def body(carry):
+    def body(carry, solver, fn, args):
         k, z, best_z, best_res, _, state = carry
         fz, aux = solver.evaluate(fn, z, args)
         done, res = residual_test(fz, z, tol, atol)
@@ -130,18 +135,83 @@ def iterate(
             z_next, state = jax.lax.cond(done, lambda _: (z, state), advance, None)
         return k + 1, z_next, best_z, best_res, done, state
 
-    carry = (jnp.array(0, jnp.int32), z0, z0, inf, jnp.array(False), solver.init(z0, args))
+    def init(solver, z0, args):
+        # (Every array made here, inside whichever trace runs the loop: a constant made outside
+        # would be a tracer of the enclosing trace, which the loop's vmap rule cannot close over.)
+        inf = jnp.asarray(jnp.inf, residual_dtype(z0))
+        return (jnp.array(0, jnp.int32), z0, z0, inf, jnp.array(False), solver.init(z0, args))
+
     if differentiable:
 
         def scan_body(carry, _):
             active = cond(carry)
-            new = body(carry)
+            new = body(carry, solver, fn, args)
             return jax.tree_util.tree_map(lambda a, b: jnp.where(active, a, b), new, carry), None
 
-        carry, _ = jax.lax.scan(scan_body, carry, None, length=max_steps)
+        carry, _ = jax.lax.scan(scan_body, init(solver, z0, args), None, length=max_steps)
+    elif solver.update_when_done:
+        carry = _batch_friendly_loop(cond, body, init, solver, fn, z0, args)
     else:
-        carry = jax.lax.while_loop(cond, body, carry)
+        body_ = lambda c: body(c, solver, fn, args)
+        carry = jax.lax.while_loop(cond, body_, init(solver, z0, args))
     k, _, best_z, best_res, done, state = carry
     return FixedPointSolution(
         value=best_z, num_steps=k, residual=best_res, converged=done, stats=solver.stats(state)
     )
+
+
+def _batch_friendly_loop(cond, body, init, solver, fn, z0, args):
+    """`lax.while_loop(cond, body, init(...))`, with a vmap rule of its own.
+
+    Under `jax.vmap` a while loop whose predicate differs per example runs until every example is
+    done and selects, per example, between the new and the old value of *every* carry leaf on
+    every iteration: for Anderson and Broyden that copies their whole histories each step (on a
+    batch of 256 solves of width 64, three quarters of an Anderson iteration's time). This rule
+    selects only the iterate, the best iterate, its residual, the flag and the counter; the
+    solver's state advances for finished examples too, harmlessly, since their iterate is frozen
+    and what they return was fixed when they finished. Used for solvers whose state holds no
+    counters (`update_when_done`), so that each example's result and statistics are those of its
+    own unbatched loop.
+    """
+    fn = eqx.filter_closure_convert(fn, z0, args)  # what fn closes over becomes an input
+    dynamic, static = eqx.partition((solver, fn, z0, args), eqx.is_array)
+
+    def parts(dyn):
+        return eqx.combine(dyn, static)
+
+    @jax.custom_batching.custom_vmap
+    def run(dyn):
+        solver, fn, z0, args = parts(dyn)
+        return jax.lax.while_loop(cond, lambda c: body(c, solver, fn, args), init(solver, z0, args))
+
+    @run.def_vmap
+    def _rule(axis_size, in_batched, dyn):
+        (batched,) = in_batched
+        axes = jtu.tree_map(lambda b: 0 if b else None, batched)
+        carry = jax.vmap(
+            lambda d: init(parts(d)[0], parts(d)[2], parts(d)[3]),
+            in_axes=(axes,),
+            axis_size=axis_size,
+        )(dyn)
+
+        def one_body(c, d):
+            solver, fn, _, args = parts(d)
+            return body(c, solver, fn, args)
+
+        vbody = jax.vmap(one_body, in_axes=(0, axes))
+        vcond = jax.vmap(cond)
+
+        def loop_body(c):
+            active = vcond(c)
+            new = vbody(c, dyn)
+
+            def keep(a, b):
+                return jnp.where(active.reshape(active.shape + (1,) * (a.ndim - 1)), a, b)
+
+            frozen = jtu.tree_map(keep, new[:5], c[:5])
+            return (*frozen, new[5])
+
+        out = jax.lax.while_loop(lambda c: jnp.any(vcond(c)), loop_body, carry)
+        return out, jtu.tree_map(lambda _: True, out)
+
+    return run(dynamic)
