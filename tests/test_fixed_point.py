@@ -510,9 +510,9 @@ def test_vmapped_solves_equal_their_own_unbatched_solves(solver):
     np.testing.assert_allclose(nested.value[0], batched.value, rtol=1e-12, atol=1e-14)
     np.testing.assert_array_equal(nested.num_steps[0], batched.num_steps)
     z0s = jnp.zeros((5, 6))
-    started = jax.vmap(
-        lambda z0, x: iterate(resolve_solver(solver), f, z0, (w, x), tol=1e-9)
-    )(z0s, xs)
+    started = jax.vmap(lambda z0, x: iterate(resolve_solver(solver), f, z0, (w, x), tol=1e-9))(
+        z0s, xs
+    )
     np.testing.assert_array_equal(started.num_steps, batched.num_steps)
     # Inside a loop body under jit (where every constant made during tracing is a tracer of the
     # enclosing trace; the pgd attack through a DEQ met this), the same values.
