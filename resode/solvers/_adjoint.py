@@ -152,7 +152,18 @@ class ImplicitAdjoint(AbstractAdjoint):
     max_steps: int | None = eqx.field(default=None, static=True)
 
     def solve(self, solver, fn, z0, args, tol, max_steps, probe):
-        return _implicit_solve((fn, args, probe), z0, solver, self, tol, max_steps)
+        sol = _forward_only(solver, fn, z0, args, tol, max_steps)
+        z_star = sol.value
+        # One differentiable application of f at z* (value z* exactly): autodiff turns a
+        # cotangent u into (df/dtheta)^T u through it, and the identity below turns the incoming
+        # cotangent into u = (I - J^T)^{-1} zbar. Under vmap the parameter gradient is then one
+        # batched product over the examples, where a custom VJP returning per-example parameter
+        # cotangents made JAX materialise and sum one (64 x 64) outer product per example (3.4 ms
+        # of a 4 ms forward+backward on a batch of 256).
+        y = _straight_through(z_star, fn(z_star, args))
+        frozen = (_stop(fn), _stop(args), z_star)
+        value = _adjoint_identity((y, probe), frozen, solver, self, tol, max_steps)
+        return eqx.tree_at(lambda s: s.value, sol, value)
 
     def solve_adjoint(self, vjp_z, cotangent: PyTree, forward_solver, tol: float, max_steps: int):
         """Solve ``u = cotangent + J^T u`` given ``vjp_z(u) = J^T u``.
@@ -262,44 +273,41 @@ def solve_fixed_point(
 
 
 @eqx.filter_custom_vjp
-def _implicit_solve(fn_args_probe, z0, solver, adjoint, tol, max_steps):
-    fn, args, _ = fn_args_probe
-    return iterate(solver, fn, z0, args, tol=tol, max_steps=max_steps)
+def _adjoint_identity(y_probe, frozen, solver, adjoint, tol, max_steps):
+    del frozen, solver, adjoint, tol, max_steps
+    return y_probe[0]
 
 
-@_implicit_solve.def_fwd
-def _implicit_solve_fwd(perturbed, fn_args_probe, z0, solver, adjoint, tol, max_steps):
-    del perturbed
-    fn, args, _ = fn_args_probe
-    sol = iterate(solver, fn, z0, args, tol=tol, max_steps=max_steps)
-    return sol, sol.value
+@_adjoint_identity.def_fwd
+def _adjoint_identity_fwd(perturbed, y_probe, frozen, solver, adjoint, tol, max_steps):
+    del perturbed, frozen, solver, adjoint, tol, max_steps
+    return y_probe[0], None
 
 
-@_implicit_solve.def_bwd
-def _implicit_solve_bwd(
-    z_star, grad_sol, perturbed, fn_args_probe, z0, solver, adjoint, tol, max_steps
+@_adjoint_identity.def_bwd
+def _adjoint_identity_bwd(
+    residuals, grad_y, perturbed, y_probe, frozen, solver, adjoint, tol, max_steps
 ):
-    del perturbed, z0
-    if grad_sol.value is None:
-        cotangent = jtu.tree_map(jnp.zeros_like, z_star)
+    """zbar -> u = (I - J^T)^{-1} zbar, J = df/dz at z*, by the adjoint's backward solve."""
+    del residuals, perturbed
+    y, probe = y_probe
+    fn, args, z_star = frozen
+    if grad_y is None:
+        cotangent = jtu.tree_map(jnp.zeros_like, y)
     else:
         cotangent = jtu.tree_map(
             lambda g, z: jnp.zeros_like(z) if g is None else g,
-            grad_sol.value,
-            z_star,
+            grad_y,
+            y,
             is_leaf=lambda x: x is None,
         )
-    fn, args, probe = fn_args_probe
-    # One linearisation at z* serves both the adjoint iterations (its z-part; XLA drops the unused
-    # parameter part inside the loop) and the final parameter cotangent.
-    _, vjp = eqx.filter_vjp(lambda z, fa: fa[0](z, fa[1]), z_star, (fn, args))
+    _, vjp_z = jax.vjp(lambda z: fn(z, args), z_star)
     u, steps, residual, converged = adjoint.solve_adjoint(
-        lambda v: vjp(v)[0], cotangent, solver, tol, max_steps
+        lambda v: vjp_z(v)[0], cotangent, solver, tol, max_steps
     )
-    grad_fn, grad_args = vjp(u)[1]
     if probe is None:
         grad_probe = None
     else:
         fields = (jnp.ones(()), steps, residual, ~converged)
         grad_probe = jnp.stack([jnp.asarray(x, probe.dtype) for x in fields])
-    return grad_fn, grad_args, grad_probe
+    return u, grad_probe
