@@ -42,6 +42,9 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 """The values `train.optimizer` accepts."""
 SCHEDULES = ("constant", "cosine")
 """The values `train.schedule` accepts."""
+TRAINABLE = ("all", "adapters", "head")
+"""The values `train.trainable` accepts: every parameter, the residual adapters only, or the
+classifier's linear head only."""
 PRECISIONS = ("float32", "bfloat16")
 """The values `train.precision` accepts: the dtype of the forward and backward pass."""
 
@@ -104,11 +107,13 @@ class BodyConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    """`model.*`: the stem (`mlp`, `conv1d`, `conv2d`), the state width and the body."""
+    """`model.*`: the stem (`mlp`, `conv1d`, `conv2d`), the state width, the body, and optional
+    residual adapters (`adapter_hidden`, see [`resode.nn.add_adapters`][])."""
 
     stem: str = "mlp"
     width: int = 64
     body: BodyConfig = dataclasses.field(default_factory=BodyConfig)
+    adapter_hidden: int | None = None  # residual adapters beside the body's field(s), this wide
 
 
 @dataclasses.dataclass
@@ -129,6 +134,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     tensorboard: bool = False  # also write TensorBoard event files to RUN_DIR/tensorboard
     precision: str = "float32"  # or bfloat16: compute in bfloat16, parameters and Adam in float32
+    trainable: str = "all"  # all | adapters | head: which parameters the optimiser updates
+    init_from: str | None = None  # a finished run directory: start from its final parameters
 
 
 @dataclasses.dataclass
@@ -329,6 +336,18 @@ def validate(cfg: Config) -> None:
     _positive("train.weight_decay", cfg.train.weight_decay, zero_ok=True)
     _choice("train.schedule", cfg.train.schedule, SCHEDULES)
     _choice("train.precision", cfg.train.precision, PRECISIONS)
+    _choice("train.trainable", cfg.train.trainable, TRAINABLE)
+    if cfg.model.adapter_hidden is not None:
+        _positive("model.adapter_hidden", cfg.model.adapter_hidden)
+        if body.kind not in ("residual", "implicit", "deq", "ode"):
+            raise ConfigError(
+                f"model.adapter_hidden: adapters sit beside a residual field (body kinds residual, "
+                f"implicit, deq, ode), not kind {body.kind!r}."
+            )
+    if cfg.train.trainable == "adapters" and cfg.model.adapter_hidden is None:
+        raise ConfigError(
+            "train.trainable: 'adapters' needs model.adapter_hidden (the adapters' width)."
+        )
     _positive("train.warmup_steps", cfg.train.warmup_steps, zero_ok=True)
     if cfg.train.grad_clip is not None:
         _positive("train.grad_clip", cfg.train.grad_clip)

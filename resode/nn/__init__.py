@@ -1,5 +1,6 @@
 """Equinox layers: one vector field as a ResNet, an implicit ResNet, a neural ODE or a DEQ."""
 
+from ._adapters import AdaptedField, adapter_mask, add_adapters
 from ._deq import DEQ
 from ._diagnostics import Diagnostics
 from ._fields import (
@@ -19,6 +20,9 @@ from ._ode import ODEBlock
 from ._stack import ResidualStack
 
 __all__ = [
+    "AdaptedField",
+    "adapter_mask",
+    "add_adapters",
     "BODIES",
     "DEQ",
     "STEMS",

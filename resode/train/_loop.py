@@ -11,7 +11,9 @@ Data parallelism: with several local devices the batch is sharded along a one-ax
 the gradient all-reduce. The same code runs on one CPU, one GPU or all of them.
 """
 
+import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
 import equinox as eqx
@@ -22,9 +24,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, PRNGKeyArray
 
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, flatten, load_config
 from ..data import Dataset, batch_indices
-from ..nn import build_classifier
+from ..nn import adapter_mask, add_adapters, build_classifier
 
 TASKS = ("classification", "regression")
 
@@ -151,6 +153,73 @@ def build_model(cfg: Config, data: Dataset, key: PRNGKeyArray | None = None):
     )
 
 
+def _masked(opt, model, params, trainable: str):
+    """`opt` on the parameters `trainable` names (all, adapters, head); zero updates (and no
+    optimiser state) for the others."""
+    if trainable == "all":
+        return opt
+    if trainable == "adapters":
+        mask = adapter_mask(model)
+    else:  # the classifier's linear head
+        mask = jax.tree_util.tree_map(lambda _: False, model)
+        mask = eqx.tree_at(
+            lambda m: m.head, mask, replace_fn=lambda h: jax.tree_util.tree_map(lambda _: True, h)
+        )
+    leaves, treedef = jax.tree_util.tree_flatten(model)
+    flags = treedef.flatten_up_to(mask)
+    labels = [
+        "train" if flag else "freeze"
+        for leaf, flag in zip(leaves, flags, strict=True)
+        if eqx.is_inexact_array(leaf)
+    ]
+    labels = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), labels)
+    # (A function returning the labels: the labels tree is itself a callable module, which optax
+    # would otherwise call on the parameters.)
+    return optax.multi_transform({"train": opt, "freeze": optax.set_to_zero()}, lambda _: labels)
+
+
+def _load_base(cfg: Config, data: Dataset, like_model):
+    """The model of `like_model`'s structure with the final parameters of the run directory
+    ``cfg.train.init_from`` (its own config rebuilds the checkpoint's structure)."""
+    from ._checkpoint import load_checkpoint
+
+    run_dir = Path(cfg.train.init_from)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(
+            f"train.init_from: {str(run_dir)!r} is not a run directory (no config.yaml)."
+        )
+    base_cfg = load_config(run_dir / "config.yaml")
+    base_cfg.train.init_from = None
+    old, new = (
+        flatten(dataclasses.asdict(dataclasses.replace(c.model, adapter_hidden=None)), "model.")
+        for c in (base_cfg, cfg)
+    )
+    differ = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if differ:
+        k = differ[0]
+        raise ConfigError(
+            f"train.init_from: {k} is {old.get(k)!r} in the run {str(run_dir)!r} and "
+            f"{new.get(k)!r} here; an adapted run starts from the same model."
+        )
+    base = Trainer(base_cfg, data)
+    try:
+        state, _ = load_checkpoint(run_dir, _host(base.init_state()))
+    except FileNotFoundError:
+        raise ConfigError(f"train.init_from: {str(run_dir)!r} has no checkpoint.") from None
+    loaded = base.model(state.params)
+    shapes = lambda m: jax.tree_util.tree_map(
+        lambda x: (x.shape, x.dtype), eqx.filter(m, eqx.is_inexact_array)
+    )
+    if jax.tree_util.tree_structure(loaded) != jax.tree_util.tree_structure(like_model) or shapes(
+        loaded
+    ) != shapes(like_model):
+        raise ConfigError(
+            f"train.init_from: the model of {str(run_dir)!r} (model.* of its config.yaml) differs "
+            "from this config's model; an adapted run starts from the same architecture."
+        )
+    return loaded
+
+
 def _cast_floats(tree, dtype):
     """Every floating-point array leaf of `tree` cast to `dtype` (integers, keys untouched)."""
 
@@ -205,8 +274,13 @@ class Trainer:
         self._model_key, self._data_key, self._dropout_key = seed_keys(cfg.seed)
         if model is None:
             model = build_model(cfg, data, self._model_key)
+            if cfg.train.init_from is not None:
+                model = _load_base(cfg, data, model)
+            if cfg.model.adapter_hidden is not None:
+                akey = jax.random.fold_in(self._model_key, 1)
+                model = add_adapters(model, cfg.model.adapter_hidden, key=akey)
         self.params0, self.static = eqx.partition(model, eqx.is_inexact_array)
-        self.optimizer = make_optimizer(cfg)
+        self.optimizer = _masked(make_optimizer(cfg), model, self.params0, cfg.train.trainable)
         self.uses_dropout = cfg.model.body.drop_rate > 0
         self.compute_dtype = jnp.dtype(cfg.train.precision)
         # Device-resident data: replicated (small embedded sets); the test set padded to whole
