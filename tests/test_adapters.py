@@ -73,6 +73,7 @@ def _leaves(model, mask, want):
     ]
 
 
+@pytest.mark.slow  # ~15 s (two trainings); `make test-slow`
 def test_training_adapters_only_leaves_the_base_as_it_was(tmp_path):
     with jax.enable_x64(False):
         base_dir = tmp_path / "base"
@@ -109,7 +110,8 @@ def test_training_adapters_only_leaves_the_base_as_it_was(tmp_path):
     assert np.mean(m["loss"][-5:]) < np.mean(m["loss"][:5]) + 1e-6
 
 
-def test_head_only_training_and_config_errors(tmp_path):
+@pytest.mark.slow  # ~10 s (a training); `make test-slow`
+def test_head_only_training_leaves_the_rest(tmp_path):
     with jax.enable_x64(False):
         trainer = Trainer(load_config(None, [*SMALL, "train.trainable=head"]), load("digits"))
         start = trainer.model(trainer.params0)
@@ -122,10 +124,19 @@ def test_head_only_training_and_config_errors(tmp_path):
         strict=True,
     ):
         np.testing.assert_array_equal(a, b)
+
+
+def test_adapter_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"^train\.trainable: 'adapters' needs"):
         load_config(None, ["train.trainable=adapters"])
     with pytest.raises(ConfigError, match=r"^model\.adapter_hidden: .*not kind 'plain'"):
         load_config(None, ["model.adapter_hidden=4", "model.body.kind=plain"])
+    with pytest.raises(ConfigError, match=r"^train\.init_from: .*not a run directory"):
+        Trainer(load_config(None, [*SMALL, f"train.init_from={tmp_path}"]), load("digits"))
+
+
+@pytest.mark.slow  # ~10 s (a base run); `make test-slow`
+def test_init_from_a_different_model_is_refused_naming_the_key(tmp_path):
     with jax.enable_x64(False):
         train_run(load_config(None, SMALL), tmp_path / "base", quiet=True)
         with pytest.raises(ConfigError, match=r"^train\.init_from: model\.width is 16 in the run"):
@@ -133,5 +144,3 @@ def test_head_only_training_and_config_errors(tmp_path):
                 load_config(None, [*SMALL, "model.width=8", f"train.init_from={tmp_path}/base"]),
                 load("digits"),
             )
-    with pytest.raises(ConfigError, match=r"^train\.init_from: .*not a run directory"):
-        Trainer(load_config(None, [*SMALL, f"train.init_from={tmp_path}"]), load("digits"))

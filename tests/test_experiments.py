@@ -75,6 +75,12 @@ FIGURES = {
     ],
     "stochastic_depth": ["expectation_error", "per_rate", "test_accuracy_gain"],
     "lipschitz_robustness": ["max_ratio_over_bound", "per_bound"],
+    "continual_adapters": [
+        "forgetting",
+        "per_method",
+        "base_parameter_change",
+        "per_task_forgetting",
+    ],
     "calibration_shrink": [
         "accuracy_change",
         "temperature_ece_gap",
@@ -101,6 +107,7 @@ CHECK_KEYS = {"name", "kind", "claim", "expected", "measured", "tolerance", "hol
 # test-slow` runs them, so that `make test` stays well inside its 15 minutes.
 SLOW_QUICK = {
     "anode",
+    "continual_adapters",
     "degradation",
     "delta_learning",
     "lipschitz_robustness",
@@ -186,6 +193,11 @@ def test_quick_run_writes_its_summary_and_exact_checks_hold(name, tmp_path):
         (
             "calibration_shrink",
             ["shrink=[0.25,0.9]", "num_bins=7", "train_size=50", "depth=2", "steps=10", "seed=3"],
+        ),
+        pytest.param(
+            "continual_adapters",
+            ["adapter_width=3", "depth=2", "width=8", "steps_a=5", "steps_b=5", "seed=4"],
+            marks=pytest.mark.slow,
         ),
         pytest.param(
             "monotone_deq",

@@ -484,7 +484,14 @@ def test_iterate_never_returns_nan_from_a_finite_start():
     assert bool(jnp.all(jnp.isfinite(sol.value))) and not bool(sol.converged)
 
 
-@pytest.mark.parametrize("solver", ["picard", "anderson", "broyden", "newton"])
+@pytest.mark.parametrize(
+    "solver",
+    [
+        "picard",
+        "anderson",
+        *(pytest.param(s, marks=pytest.mark.slow) for s in ("broyden", "newton")),
+    ],
+)
 def test_vmapped_solves_equal_their_own_unbatched_solves(solver):
     """Under vmap each example stops on its own: value, iteration count, residual and flag
     equal those of the unbatched solve (the loop's own vmap rule freezes finished examples
