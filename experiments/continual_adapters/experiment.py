@@ -102,7 +102,9 @@ def _without_adapters(model):
 def _max_param_change(a, b) -> float:
     pa = jax.tree_util.tree_leaves(eqx.filter(a, eqx.is_inexact_array))
     pb = jax.tree_util.tree_leaves(eqx.filter(b, eqx.is_inexact_array))
-    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(pa, pb, strict=True))
+    return max(
+        float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(pa, pb, strict=True)
+    )
 
 
 def run(cfg: Config, ctx) -> Result:
@@ -136,7 +138,9 @@ def run(cfg: Config, ctx) -> Result:
             float(
                 np.max(
                     np.abs(
-                        jax.vmap(lambda x: adapted(x, inference=True)[0])(jnp.asarray(task_a.x_test))
+                        jax.vmap(lambda x: adapted(x, inference=True)[0])(
+                            jnp.asarray(task_a.x_test)
+                        )
                         - jax.vmap(lambda x: base(x, inference=True)[0])(jnp.asarray(task_a.x_test))
                     )
                 )
