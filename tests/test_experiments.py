@@ -108,6 +108,8 @@ CHECK_KEYS = {"name", "kind", "claim", "expected", "measured", "tolerance", "hol
 SLOW_QUICK = {
     "anode",
     "continual_adapters",
+    "residual_scale",
+    "stiff_dynamics",
     "degradation",
     "delta_learning",
     "lipschitz_robustness",

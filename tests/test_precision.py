@@ -103,7 +103,7 @@ def test_bfloat16_fixed_point_gradient_matches_float32():
 
 
 @pytest.mark.parametrize("splitting", ["peaceman_rachford", "forward_backward"])
-@pytest.mark.parametrize("conv", [False, True])
+@pytest.mark.parametrize("conv", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_monotone_fixed_point_in_bfloat16(splitting, conv):
     key = jax.random.PRNGKey(3)
     if conv:

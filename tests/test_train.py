@@ -168,9 +168,17 @@ def test_finished_run_is_not_retrained(tmp_path):
             "model.body.learn_gamma=true",
         ],
         ["model.body.kind=residual", "model.body.reversible=reversible_heun"],
-        ["model.body.kind=implicit", "model.body.scheme=trapezoid", "model.body.num_steps=2"],
+        # (Implicit and ODE bodies also train in test_models' every-body-kind test; these two
+        # compile for ~15 s each: `make test-slow`.)
+        pytest.param(
+            ["model.body.kind=implicit", "model.body.scheme=trapezoid", "model.body.num_steps=2"],
+            marks=pytest.mark.slow,
+        ),
         ["model.body.kind=deq", "model.body.adjoint=phantom"],
-        ["model.body.kind=ode", "model.body.rtol=1e-2", "model.body.atol=1e-3"],
+        pytest.param(
+            ["model.body.kind=ode", "model.body.rtol=1e-2", "model.body.atol=1e-3"],
+            marks=pytest.mark.slow,
+        ),
         ["model.body.kind=none"],
     ],
     ids=lambda o: "-".join(x.split("=")[1] for x in o[:2]),
