@@ -13,7 +13,17 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PRNGKeyArray
 from matplotlib.figure import Figure
 
-from .nn import DEQ, GraphField, MLPField, ResidualStack
+from .nn import (
+    DEQ,
+    AdaptedField,
+    ConvField,
+    DissipativeField,
+    GraphField,
+    MLPField,
+    ResidualStack,
+    conv_symbol_norm,
+)
+from .nn._spectral import conv_grid, vmap_leading
 from .schemes import Scheme, get_scheme, stability_function
 from .stepping import step
 
@@ -22,6 +32,10 @@ __all__ = [
     "jacobian_eigenvalues",
     "stability_plot",
     "lipschitz_bound",
+    "lipschitz_constant",
+    "one_sided_lipschitz",
+    "step_lipschitz_bound",
+    "stack_lipschitz_bound",
     "gradient_flow",
     "gradient_fidelity",
 ]
@@ -124,30 +138,174 @@ def stability_plot(
     return ax.figure
 
 
-def lipschitz_bound(field, h: float) -> Array:
-    r"""Upper bound $1 + hK$ on the Lipschitz constant of an Euler residual step ``y + h f(y)``.
+def lipschitz_constant(field, *, spatial_shape=None, t_max: float | None = None) -> Array:
+    r"""A certified bound K on the Lipschitz constant of ``y -> f(t, y, args)`` (any t, args).
 
-    K bounds the Lipschitz constant of the field: the product of the layers' spectral norms for an
-    `MLPField` (with a 1-Lipschitz activation such as tanh or relu), $\|L\|_2\|W\|_2$ for a
-    `GraphField`. For a stacked (untied) field, one bound per step. Other fields: estimate K
-    locally with [`spectral_norm`][] instead.
+    - `MLPField` (1-Lipschitz activation): the product of its layers' exact spectral norms, as
+      the field uses them (spectrally normalised ones included, whichever `spectral_method`).
+    - `ConvField` (1-Lipschitz activation): the product of its two convolutions' Fourier-symbol
+      norms (Sedghi et al. 2019), which bound the zero-padded convolutions on states of
+      `spatial_shape` (default: the field's `spectral_shape`).
+    - `GraphField`: $\|L\|_2 \|W\|_2$, times $\max(1, \max_j |1 + t_{max} c_j|)$ when
+      time-dependent (`t_max`, the largest time it is called at, is then required).
+    - `DissipativeField`: $\|W\|_2^2 + m$.
+    - `AdaptedField`: the sum of its base's and its adapter's constants.
+
+    For a stacked (untied) field, one bound per step (leading axis). Other fields: a `TypeError`
+    (estimate K locally with [`spectral_norm`][] instead).
     """
+    if isinstance(field, AdaptedField):
+        kw = dict(spatial_shape=spatial_shape, t_max=t_max)
+        return lipschitz_constant(field.base, **kw) + lipschitz_constant(field.adapter, **kw)
     if isinstance(field, MLPField):
-        if field.activation not in _ONE_LIPSCHITZ:
-            raise ValueError(
-                f"lipschitz_bound: activation {field.activation} is not known to be 1-Lipschitz."
-            )
+        _check_one_lipschitz(field.activation)
         K = 1.0
         for w in field.weights():  # spectrally normalised when the field has a bound
             K = K * _matrix_norm(w)
-    elif isinstance(field, GraphField):
+        return jnp.asarray(K)
+    if isinstance(field, ConvField):
+        _check_one_lipschitz(field.activation)
+        shape = field.spectral_shape if spatial_shape is None else tuple(spatial_shape)
+        if shape is None:
+            raise ValueError(
+                "lipschitz_constant: a ConvField without spectral_shape needs `spatial_shape` "
+                "(the state's spatial sizes)."
+            )
+        nd = field.conv_in.num_spatial_dims
+        extra = field.conv_in.weight.ndim - 2 - nd
+
+        def one(ws):
+            grids = [conv_grid(shape, w.shape[2:]) for w in ws]
+            return conv_symbol_norm(ws[0], grids[0]) * conv_symbol_norm(ws[1], grids[1])
+
+        return vmap_leading(one, extra)(field.kernels())
+    if isinstance(field, GraphField):
         K = _matrix_norm(jax.lax.stop_gradient(field.laplacian)) * _matrix_norm(field.weight)
+        if field.time_dependent:
+            if t_max is None:
+                raise ValueError(
+                    "lipschitz_constant: a time-dependent GraphField needs `t_max` (its scale "
+                    "1 + t c depends on t)."
+                )
+            scale = jnp.max(jnp.abs(1.0 + t_max * field.time_scale), axis=-1)
+            K = K * jnp.maximum(1.0, scale)
+        return K
+    if isinstance(field, DissipativeField):
+        return _matrix_norm(field.weight) ** 2 + field.margin
+    raise TypeError(
+        f"lipschitz_constant supports MLPField, ConvField, GraphField, DissipativeField and "
+        f"AdaptedField, got {type(field).__name__}; use spectral_norm for a local estimate."
+    )
+
+
+def one_sided_lipschitz(field, **kwargs) -> Array | None:
+    r"""A certified bound ν with $\langle f(a) - f(b), a - b\rangle \le \nu \|a - b\|^2$, or
+    None when the field's structure gives none better than its Lipschitz constant.
+
+    `DissipativeField`: $-m$. `AdaptedField`: the base's ν plus the adapter's Lipschitz constant
+    (`kwargs` go to [`lipschitz_constant`][]).
+    """
+    if isinstance(field, DissipativeField):
+        return jnp.full(jnp.shape(field.weight)[:-2], -field.margin)
+    if isinstance(field, AdaptedField):
+        nu = one_sided_lipschitz(field.base, **kwargs)
+        return None if nu is None else nu + lipschitz_constant(field.adapter, **kwargs)
+    return None
+
+
+def step_lipschitz_bound(scheme, h, K, nu=None, *, symmetric: bool = False) -> Array:
+    r"""A certified bound on the Lipschitz constant of one step of `scheme` with step `h` > 0,
+    for a field that is K-Lipschitz (and, when `nu` is given, one-sided ν-Lipschitz).
+
+    Every applicable bound is computed; the smallest is returned (`inf`: none applies):
+
+    - explicit schemes: $1 + hK\sum_i |b_i| L_i$ with stage bounds
+      $L_i = 1 + hK\sum_{j<i}|a_{ij}| L_j$ (for Euler $1 + hK$, for RK4 the degree-4 Taylor
+      polynomial of $e^{hK}$); with `symmetric` (the field's Jacobian is symmetric with
+      eigenvalues in $[-K, \nu]$, e.g. a [`resode.nn.DissipativeField`][]) Euler also has
+      $\max(|1 - hK|, |1 + h\nu|)$;
+    - implicit schemes: $1 + hK\sum_i|b_i| / (1 - hK\|A\|_\infty)$ while
+      $hK\|A\|_\infty < 1$ (the stage equations then have one solution);
+    - backward Euler with $h\nu < 1$: $1 / (1 - h\nu)$;
+    - algebraically stable schemes ([`resode.ButcherTableau.algebraically_stable`][]) with
+      $\nu \le 0$: 1 (B-stability).
+
+    The bounds are for the exact step: an implicit step solved to a tolerance is within that
+    tolerance of it. `h`, `K`, `nu` may be arrays (one per step).
+    """
+    tab = get_scheme(scheme).tableau
+    a, b = np.abs(tab.a), np.abs(tab.b)
+    hK = jnp.asarray(h) * jnp.asarray(K)
+    if tab.explicit:
+        L = []
+        for i in range(tab.num_stages):
+            L.append(1.0 + hK * sum(a[i, j] * L[j] for j in range(i) if a[i, j]))
+        bounds = [1.0 + hK * sum(b[i] * L[i] for i in range(tab.num_stages) if b[i])]
+        if symmetric and nu is not None and tab.num_stages == 1:
+            hnu = jnp.asarray(h) * jnp.asarray(nu)
+            bounds.append(jnp.maximum(jnp.abs(1.0 - hK), jnp.abs(1.0 + hnu)))
     else:
-        raise TypeError(
-            f"lipschitz_bound supports MLPField and GraphField, got {type(field).__name__}; "
-            "use spectral_norm for a local estimate."
+        amax = float(a.sum(axis=1).max())
+        ok = hK * amax < 1.0
+        bounds = [jnp.where(ok, 1.0 + hK * b.sum() / jnp.where(ok, 1.0 - hK * amax, 1.0), jnp.inf)]
+    if nu is not None and tab.implicit:
+        hnu = jnp.asarray(h) * jnp.asarray(nu)
+        if tab.num_stages == 1 and tab.a[0, 0] == 1.0 and tab.b[0] == 1.0:  # backward Euler
+            ok = hnu < 1.0
+            bounds.append(jnp.where(ok, 1.0 / jnp.where(ok, 1.0 - hnu, 1.0), jnp.inf))
+        if tab.algebraically_stable:
+            bounds.append(jnp.where(hnu <= 0.0, 1.0, jnp.inf))
+    out = bounds[0]
+    for extra in bounds[1:]:
+        out = jnp.minimum(out, extra)
+    return jnp.asarray(out)
+
+
+def stack_lipschitz_bound(stack: ResidualStack, *, spatial_shape=None) -> Array:
+    r"""A certified bound on the Lipschitz constant of a whole [`resode.nn.ResidualStack`][]
+    ``y -> stack(y, args, inference=True)``: the product of its steps' bounds.
+
+    Step k is ``step(y)`` of the stack's scheme over the field ``s_k f_k`` with
+    ``s_k = alpha p_k`` (p_k: stochastic depth's survival probability at evaluation) and
+    h = t1 / num_steps, bounded by [`step_lipschitz_bound`][] from the field's
+    [`lipschitz_constant`][] (``|s_k| K``) and [`one_sided_lipschitz`][] (``s_k ν`` for
+    ``s_k >= 0``). A plain stack (``skip=False``) multiplies ``|s_k| K``. So an explicit ResNet
+    gets $\prod_k (1 + h|s_k|K_k)$, and a backward-Euler stack over a
+    [`resode.nn.DissipativeField`][] of margin m gets $(1 + hm\,s)^{-n} \le 1$.
+    Reversible stacks are refused (a `ValueError`).
+    """
+    if stack.is_reversible:
+        raise ValueError("stack_lipschitz_bound: reversible stacks are not certified.")
+    h = stack.t1 / stack.num_steps
+    K = lipschitz_constant(stack.field, spatial_shape=spatial_shape, t_max=stack.t1)
+    nu = one_sided_lipschitz(stack.field, spatial_shape=spatial_shape, t_max=stack.t1)
+    scales = jnp.asarray(stack.alpha) * stack.survival()
+    K = jnp.broadcast_to(jnp.abs(scales) * K, (stack.num_steps,))
+    if not stack.skip:
+        return jnp.prod(K)
+    if nu is not None:
+        nu = jnp.where(scales >= 0, scales * nu, K)
+    per_step = step_lipschitz_bound(
+        stack.scheme, h, K, nu, symmetric=isinstance(stack.field, DissipativeField)
+    )
+    return jnp.prod(jnp.broadcast_to(per_step, (stack.num_steps,)))
+
+
+def lipschitz_bound(field, h: float) -> Array:
+    r"""Upper bound $1 + hK$ on the Lipschitz constant of an Euler residual step ``y + h f(y)``.
+
+    K is [`lipschitz_constant`][] of the field (for a stacked, untied field, one bound per step).
+    For other schemes, one-sided bounds and whole stacks see [`step_lipschitz_bound`][] and
+    [`stack_lipschitz_bound`][].
+    """
+    return 1.0 + h * lipschitz_constant(field)
+
+
+def _check_one_lipschitz(activation) -> None:
+    if activation not in _ONE_LIPSCHITZ:
+        raise ValueError(
+            f"lipschitz_constant: activation {activation} is not known to be 1-Lipschitz."
         )
-    return 1.0 + h * K
 
 
 def _matrix_norm(W):

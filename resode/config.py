@@ -16,6 +16,7 @@ from .data import list_datasets
 from .nn._models import BODIES, STEMS
 from .nn._ode import _ADJOINTS as ODE_ADJOINTS
 from .nn._ode import _SOLVERS as ODE_SOLVERS
+from .nn._spectral import SPECTRAL_METHODS
 from .nn._stack import REVERSIBLE_CHOICES
 from .schemes import get_scheme, list_schemes
 from .solvers import ADJOINTS, SOLVERS, SPLITTINGS
@@ -75,7 +76,8 @@ class BodyConfig:
     anderson), `adjoint`, `tol` and `max_steps`; a monotone DEQ (`monotone_deq`) uses `solver`
     (`peaceman_rachford`, the default, or `forward_backward`), its step `splitting_alpha`,
     `monotonicity` (the margin m), `tol` and `max_steps`; `spectral_bound` spectrally normalises
-    an MLP field (K-Lipschitz); an ODE block `ode_solver`,
+    the field (K-Lipschitz; MLP or conv) by `spectral_method` (`exact` or `power`); an ODE block
+    `ode_solver`,
     `ode_adjoint`, `rtol` and `atol`. `hidden` is the field's hidden width (default `model.width`).
     """
 
@@ -95,7 +97,8 @@ class BodyConfig:
     # monotone_deq: peaceman_rachford (default) | forward_backward
     monotonicity: float = 0.1  # monotone_deq: margin m, sym(I - W) >= m I
     splitting_alpha: float | None = None  # monotone_deq: splitting step (default: its own)
-    spectral_bound: float | None = None  # mlp fields: spectral normalisation, field K-Lipschitz
+    spectral_bound: float | None = None  # spectral normalisation: the field is K-Lipschitz
+    spectral_method: str = "exact"  # exact (SVD / Fourier symbol) | power (iteration with state)
     adjoint: str = "implicit"
     tol: float = 1e-4
     max_steps: int = 30
@@ -318,11 +321,11 @@ def validate(cfg: Config) -> None:
             )
     if body.spectral_bound is not None:
         _positive("model.body.spectral_bound", body.spectral_bound)
-        if cfg.model.stem != "mlp":
+        if body.kind in ("none", "monotone_deq"):
             raise ConfigError(
-                f"model.body.spectral_bound: needs model.stem 'mlp' (an MLP field), got "
-                f"{cfg.model.stem!r}."
+                f"model.body.spectral_bound: kind {body.kind!r} has no field to normalise."
             )
+    _choice("model.body.spectral_method", body.spectral_method, SPECTRAL_METHODS)
     _choice("model.body.adjoint", body.adjoint, tuple(ADJOINTS))
     _positive("model.body.tol", body.tol)
     _positive("model.body.max_steps", body.max_steps)

@@ -91,8 +91,8 @@ def test_yaml_then_overrides(tmp_path):
         ),
         (["model.body.learn_gamma=true"], r"^model\.body\.learn_gamma: needs"),
         (
-            ["model.stem=conv1d", "data.name=mnist1d", "model.body.spectral_bound=1"],
-            r"^model\.body\.spectral_bound: needs model\.stem 'mlp'",
+            ["model.body.kind=none", "model.body.spectral_bound=1"],
+            r"^model\.body\.spectral_bound: kind 'none' has no field",
         ),
         (["model.body.spectral_bound=-2"], r"^model\.body\.spectral_bound: must be > 0"),
     ],

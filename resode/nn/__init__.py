@@ -4,9 +4,11 @@ from ._adapters import AdaptedField, adapter_mask, add_adapters
 from ._deq import DEQ
 from ._diagnostics import Diagnostics
 from ._fields import (
+    MONOTONE_ACTIVATIONS,
     AbstractVectorField,
     AttentionField,
     ConvField,
+    DissipativeField,
     FunctionField,
     GraphField,
     MLPField,
@@ -17,6 +19,12 @@ from ._fields import (
 from ._models import BODIES, STEMS, Classifier, Stem, build_classifier, count_params
 from ._monotone_deq import MonotoneDEQ
 from ._ode import ODEBlock
+from ._spectral import (
+    SPECTRAL_METHODS,
+    conv_symbol_norm,
+    spectral_state_mask,
+    update_spectral_state,
+)
 from ._stack import ResidualStack
 
 __all__ = [
@@ -35,6 +43,8 @@ __all__ = [
     "AbstractVectorField",
     "AttentionField",
     "ConvField",
+    "DissipativeField",
+    "MONOTONE_ACTIVATIONS",
     "Diagnostics",
     "GraphField",
     "MLPField",
@@ -43,4 +53,8 @@ __all__ = [
     "ResidualStack",
     "normalized_laplacian",
     "soft_threshold",
+    "SPECTRAL_METHODS",
+    "conv_symbol_norm",
+    "spectral_state_mask",
+    "update_spectral_state",
 ]

@@ -8,12 +8,24 @@ time `t` as an extra input feature or channel.
 
 import abc
 import itertools
+import math
 from collections.abc import Callable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._spectral import (
+    check_spectral,
+    conv_grid,
+    conv_power_sigma,
+    conv_symbol_norm,
+    dense_power_sigma,
+    init_vector,
+    scaled,
+    vmap_leading,
+)
 
 
 def _zero_last(layer):
@@ -55,17 +67,23 @@ class MLPField(AbstractVectorField):
     ``W_L act(... act(W_1 y))``), `key` (keyword-only).
 
     `spectral_bound` (default `None`): spectral normalisation with a target bound K. Every
-    layer's weight is used as ``W min(1, c / ||W||_2)`` with ``c = K^(1/L)`` over the L layers, so
-    that with a 1-Lipschitz activation the field is K-Lipschitz in y, and a residual step
-    ``y + h f(y)`` is (1 + hK)-Lipschitz (certified: [`resode.analysis.lipschitz_bound`][]). The
-    spectral norm is exact (a singular-value decomposition per layer and call, differentiated
-    through), not a power-iteration estimate, so the bound holds at every training step.
+    layer's weight is used as ``W min(1, c / sigma(W))`` with ``c = K^(1/L)`` over the L layers,
+    so that with a 1-Lipschitz activation the field is K-Lipschitz in y, and a residual step
+    ``y + h f(y)`` is (1 + hK)-Lipschitz (certified: [`resode.analysis.lipschitz_bound`][]).
+    `spectral_method` chooses sigma: ``"exact"`` (default; a singular-value decomposition per layer
+    and call, differentiated through: the bound holds at every step) or ``"power"`` (one power
+    iteration per call from a stored singular vector, `spectral_state`, which
+    [`resode.nn.update_spectral_state`][] advances after each optimiser step, as the training loop
+    does; cheaper, and the bound holds up to the power iteration's error: certify with
+    [`resode.analysis.lipschitz_constant`][]).
     """
 
     layers: tuple[eqx.nn.Linear, ...]
     activation: Callable = eqx.field(static=True)
     time_dependent: bool = eqx.field(static=True)
     spectral_bound: float | None = eqx.field(default=None, static=True)
+    spectral_method: str = eqx.field(default="exact", static=True)
+    spectral_state: tuple[Array, ...] | None = None
 
     def __init__(
         self,
@@ -78,12 +96,12 @@ class MLPField(AbstractVectorField):
         zero_init: bool = False,
         use_bias: bool = True,
         spectral_bound: float | None = None,
+        spectral_method: str = "exact",
         key: PRNGKeyArray,
     ):
         if depth < 1:
             raise ValueError(f"MLPField: `depth` must be >= 1, got {depth}.")
-        if spectral_bound is not None and not spectral_bound > 0:
-            raise ValueError(f"MLPField: `spectral_bound` must be > 0, got {spectral_bound!r}.")
+        spectral_bound = check_spectral("MLPField", spectral_bound, spectral_method)
         keys = jax.random.split(key, depth + 1)
         sizes = [dim + int(time_dependent)] + [hidden] * depth + [dim]
         layers = [
@@ -95,7 +113,22 @@ class MLPField(AbstractVectorField):
         self.layers = tuple(layers)
         self.activation = activation
         self.time_dependent = time_dependent
-        self.spectral_bound = None if spectral_bound is None else float(spectral_bound)
+        self.spectral_bound = spectral_bound
+        self.spectral_method = spectral_method
+        self.spectral_state = None
+        if spectral_bound is not None and spectral_method == "power":
+            ks = jax.random.split(jax.random.fold_in(key, 1), len(layers))
+            self.spectral_state = tuple(
+                init_vector(k, (layer.weight.shape[0],), layer.weight.dtype)
+                for k, layer in zip(ks, layers, strict=True)
+            )
+
+    def _sigmas(self, ws):
+        """sigma per layer and the power iteration's next state (None for exact norms)."""
+        if self.spectral_method == "exact":
+            return [jnp.linalg.norm(w, ord=2, axis=(-2, -1), keepdims=True) for w in ws], None
+        pairs = [dense_power_sigma(w, u) for w, u in zip(ws, self.spectral_state, strict=True)]
+        return [p[0] for p in pairs], tuple(p[1] for p in pairs)
 
     def weights(self) -> tuple[Array, ...]:
         """The weight matrices as the field uses them (spectrally normalised when
@@ -104,11 +137,14 @@ class MLPField(AbstractVectorField):
         if self.spectral_bound is None:
             return ws
         c = self.spectral_bound ** (1.0 / len(ws))
-        out = []
-        for w in ws:
-            sigma = jnp.linalg.norm(w, ord=2, axis=(-2, -1), keepdims=True)
-            out.append(w * jnp.minimum(1.0, c / jnp.maximum(sigma, 1e-30)))
-        return tuple(out)
+        sigmas, _ = self._sigmas(ws)
+        return tuple(scaled(w, sigma, c) for w, sigma in zip(ws, sigmas, strict=True))
+
+    def advanced_spectral_state(self) -> "MLPField":
+        """This field with its power-iteration state one iteration further (see
+        [`resode.nn.update_spectral_state`][])."""
+        _, state = self._sigmas(tuple(layer.weight for layer in self.layers))
+        return eqx.tree_at(lambda f: f.spectral_state, self, state)
 
     def __call__(self, t, y: Float[Array, " dim"], args=None) -> Float[Array, " dim"]:
         h = _inject(y, args)
@@ -168,6 +204,15 @@ class ConvField(AbstractVectorField):
     extra constant input channel; `zero_init` zeroes the second convolution. `conv_impl` chooses
     how the convolutions run (see [`resode.nn.conv_same`][]): the default ``"auto"`` uses a
     matrix product on CPU, where XLA's convolution inside a stack's loop is slow.
+
+    `spectral_bound` K (default `None`) with `spectral_shape` (the state's spatial shape, e.g.
+    ``(28, 28)``; required with a bound): each convolution's kernel is used as
+    ``w min(1, sqrt(K) / sigma(w))``, so that with a 1-Lipschitz activation the field is
+    K-Lipschitz on states of that shape. `spectral_method`: ``"exact"`` (default; sigma is the
+    largest singular value of the kernel's Fourier symbol on the grid ``spectral_shape + kernel -
+    1``, which bounds the zero-padded convolution's norm, Sedghi et al. 2019) or ``"power"`` (one
+    power iteration per call on the convolution itself from a stored vector, `spectral_state`, as
+    for [`MLPField`][]).
     """
 
     conv_in: eqx.nn.Conv
@@ -175,6 +220,10 @@ class ConvField(AbstractVectorField):
     activation: Callable = eqx.field(static=True)
     time_dependent: bool = eqx.field(static=True)
     conv_impl: str = eqx.field(static=True)
+    spectral_bound: float | None = eqx.field(default=None, static=True)
+    spectral_method: str = eqx.field(default="exact", static=True)
+    spectral_shape: tuple[int, ...] | None = eqx.field(default=None, static=True)
+    spectral_state: tuple[Array, Array] | None = None
 
     def __init__(
         self,
@@ -187,6 +236,9 @@ class ConvField(AbstractVectorField):
         time_dependent: bool = False,
         zero_init: bool = False,
         conv_impl: str = "auto",
+        spectral_bound: float | None = None,
+        spectral_method: str = "exact",
+        spectral_shape: tuple[int, ...] | None = None,
         key: PRNGKeyArray,
     ):
         if num_spatial_dims not in (1, 2, 3):
@@ -197,6 +249,14 @@ class ConvField(AbstractVectorField):
             raise ValueError(
                 f"ConvField: unknown `conv_impl` {conv_impl!r}. Valid: {', '.join(CONV_IMPLS)}."
             )
+        spectral_bound = check_spectral("ConvField", spectral_bound, spectral_method)
+        if spectral_bound is not None:
+            if spectral_shape is None or len(tuple(spectral_shape)) != num_spatial_dims:
+                raise ValueError(
+                    f"ConvField: `spectral_bound` needs `spectral_shape`, the state's "
+                    f"{num_spatial_dims} spatial sizes, got {spectral_shape!r}."
+                )
+            spectral_shape = tuple(int(n) for n in spectral_shape)
         k1, k2 = jax.random.split(key)
         c_in = channels + int(time_dependent)
         conv = lambda a, b, k: eqx.nn.Conv(
@@ -209,13 +269,65 @@ class ConvField(AbstractVectorField):
         self.activation = activation
         self.time_dependent = time_dependent
         self.conv_impl = conv_impl
+        self.spectral_bound = spectral_bound
+        self.spectral_method = spectral_method
+        self.spectral_shape = spectral_shape if spectral_bound is not None else None
+        self.spectral_state = None
+        if spectral_bound is not None and spectral_method == "power":
+            ka, kb = jax.random.split(jax.random.fold_in(key, 1))
+            self.spectral_state = (
+                init_vector(ka, (hidden, *spectral_shape), self.conv_in.weight.dtype),
+                init_vector(kb, (channels, *spectral_shape), self.conv_out.weight.dtype),
+            )
+
+    def _sigmas(self):
+        """(sigma_in, sigma_out) and the power iteration's next state (None for exact norms) of
+        an unstacked field."""
+        convs = (self.conv_in, self.conv_out)
+        if self.spectral_method == "exact":
+            grids = [conv_grid(self.spectral_shape, c.weight.shape[2:]) for c in convs]
+            return [conv_symbol_norm(c.weight, g) for c, g in zip(convs, grids, strict=True)], None
+        pairs = [
+            conv_power_sigma(c.weight, u, (c.weight.shape[1], *self.spectral_shape))
+            for c, u in zip(convs, self.spectral_state, strict=True)
+        ]
+        return [p[0] for p in pairs], tuple(p[1] for p in pairs)
+
+    def _extra_axes(self) -> int:
+        return self.conv_in.weight.ndim - 2 - len(self.spectral_shape)
+
+    def kernels(self) -> tuple[Array, Array]:
+        """The two kernels as the field uses them (spectrally normalised when `spectral_bound`
+        is set; for a stacked untied field, with the leading step axis)."""
+        ws = (self.conv_in.weight, self.conv_out.weight)
+        if self.spectral_bound is None:
+            return ws
+
+        def one(field):
+            sigmas, _ = field._sigmas()
+            c = math.sqrt(field.spectral_bound)
+            w = (field.conv_in.weight, field.conv_out.weight)
+            return tuple(scaled(wi, si, c) for wi, si in zip(w, sigmas, strict=True))
+
+        return vmap_leading(one, self._extra_axes())(self)
+
+    def advanced_spectral_state(self) -> "ConvField":
+        """This field with its power-iteration state one iteration further (see
+        [`resode.nn.update_spectral_state`][])."""
+        state = vmap_leading(lambda f: f._sigmas()[1], self._extra_axes())(self)
+        return eqx.tree_at(lambda f: f.spectral_state, self, state)
 
     def __call__(self, t, y: Array, args=None) -> Array:
         h = _inject(y, args)
         if self.time_dependent:
             h = jnp.concatenate([h, jnp.full((1,) + h.shape[1:], t, h.dtype)])
-        h = self.activation(conv_same(self.conv_in, h, self.conv_impl))
-        return conv_same(self.conv_out, h, self.conv_impl)
+        conv_in, conv_out = self.conv_in, self.conv_out
+        if self.spectral_bound is not None:
+            w_in, w_out = self.kernels()
+            conv_in = eqx.tree_at(lambda c: c.weight, conv_in, w_in)
+            conv_out = eqx.tree_at(lambda c: c.weight, conv_out, w_out)
+        h = self.activation(conv_same(conv_in, h, self.conv_impl))
+        return conv_same(conv_out, h, self.conv_impl)
 
 
 class AttentionField(AbstractVectorField):
@@ -248,6 +360,76 @@ class AttentionField(AbstractVectorField):
         if self.time_dependent:
             h = h + jnp.asarray(t, h.dtype)
         return self.attention(h, h, h)
+
+
+MONOTONE_ACTIVATIONS = (
+    jax.nn.tanh,
+    jnp.tanh,
+    jax.nn.relu,
+    jax.nn.leaky_relu,
+    jax.nn.elu,
+    jax.nn.softplus,
+    jax.nn.sigmoid,
+)
+"""Activations that are nondecreasing with slope at most 1 (what [`DissipativeField`][] needs)."""
+
+
+class DissipativeField(AbstractVectorField):
+    r"""A monotone (dissipative) field: ``f(t, y, x) = -Wᵀ act(W (y + x) + b + t c) - m (y + x)``.
+
+    Its Jacobian $-W^\top D W - mI$ (D diagonal, the activation's slopes in [0, 1]) is symmetric
+    with eigenvalues in $[-(\|W\|_2^2 + m), -m]$: $-f$ is a strongly monotone operator,
+    $\langle f(a) - f(b), a - b\rangle \le -m\|a - b\|^2$ (one-sided Lipschitz constant
+    $-m$). It is the gradient flow of the concave potential $-\sum_i \Phi(w_i \cdot y + b_i) -
+    m\|y\|^2/2$ ($\Phi' =$ act). Consequences, certified by
+    [`resode.analysis.stack_lipschitz_bound`][]: a backward-Euler step ``y' = y + h f(y')`` is
+    $1/(1 + hm)$-Lipschitz for every h > 0 (so every algebraically stable implicit scheme, e.g.
+    Gauss or Radau IIA, gives a non-expansive step), and an explicit Euler step is
+    $\max(|1 - hm|, |1 - h(\|W\|^2 + m)|)$-Lipschitz, at most 1 when
+    $h \le 2/(\|W\|^2 + m)$ (the convex-potential layers of Meunier et al., "A Dynamical System
+    Perspective for Lipschitz Neural Networks", ICML 2022).
+
+    **Arguments:** `dim` (state size), `hidden` (rows of W), `margin` m >= 0 (default 0),
+    `activation` (nondecreasing with slope <= 1, one of `MONOTONE_ACTIVATIONS`; default tanh),
+    `time_dependent` (adds ``t c`` to the pre-activation, learned c), `key` (keyword-only).
+    """
+
+    weight: Array
+    bias: Array
+    time_weight: Array | None
+    margin: float = eqx.field(static=True)
+    activation: Callable = eqx.field(static=True)
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        *,
+        margin: float = 0.0,
+        activation: Callable = jax.nn.tanh,
+        time_dependent: bool = False,
+        key: PRNGKeyArray,
+    ):
+        if not margin >= 0:
+            raise ValueError(f"DissipativeField: `margin` must be >= 0, got {margin!r}.")
+        if activation not in MONOTONE_ACTIVATIONS:
+            raise ValueError(
+                f"DissipativeField: activation {activation} is not known to be nondecreasing "
+                "with slope <= 1; use one of resode.nn.MONOTONE_ACTIVATIONS."
+            )
+        kw, kb = jax.random.split(key)
+        self.weight = jax.random.normal(kw, (hidden, dim)) / jnp.sqrt(dim)
+        self.bias = 0.1 * jax.random.normal(kb, (hidden,))
+        self.time_weight = jnp.zeros(hidden) if time_dependent else None
+        self.margin = float(margin)
+        self.activation = activation
+
+    def __call__(self, t, y: Float[Array, " dim"], args=None) -> Float[Array, " dim"]:
+        u = _inject(y, args)
+        pre = self.weight @ u + self.bias
+        if self.time_weight is not None:
+            pre = pre + jnp.asarray(t, pre.dtype) * self.time_weight
+        return -(self.weight.T @ self.activation(pre)) - self.margin * u
 
 
 def normalized_laplacian(adjacency: Float[Array, "n n"]) -> Float[Array, "n n"]:

@@ -118,6 +118,7 @@ def build_classifier(
     monotonicity: float = 0.1,
     splitting_alpha: float | None = None,
     spectral_bound: float | None = None,
+    spectral_method: str = "exact",
     key: PRNGKeyArray,
 ) -> Classifier:
     """A classifier whose body is any kind of depth over one field family.
@@ -133,25 +134,38 @@ def build_classifier(
     `max_steps`) or ``"ode"`` (`ode_solver`, `ode_adjoint`, `rtol`, `atol`). `num_steps`,
     `tied`, `alpha` (the residual branch's scale) and
     `learn_alpha` apply to stacks; `reversible`, `gamma` and `learn_gamma` to residual stacks
-    (see [`ResidualStack`][]); `spectral_bound` spectrally normalises the MLP field (see
-    [`MLPField`][]; mlp stem only). Use
+    (see [`ResidualStack`][]); `spectral_bound` spectrally normalises the field (an
+    [`MLPField`][] or a [`ConvField`][] on the input's spatial shape) by `spectral_method`
+    (``"exact"`` or ``"power"``). Use
     [`count_params`][] to match parameter counts across bodies (e.g. by choosing `hidden`).
     """
     if body not in BODIES:
         raise ValueError(f"Unknown body {body!r}. Valid: {', '.join(BODIES)}.")
     hidden = width if hidden is None else hidden
-    if spectral_bound is not None and stem != "mlp":
-        raise ValueError(f"spectral_bound needs an mlp stem (an MLPField), got stem {stem!r}.")
     k_stem, k_body, k_head = jax.random.split(key, 3)
     stem_module = Stem(stem, in_shape, width, key=k_stem)
 
     def make_field(k):
         if stem == "mlp":
             return MLPField(
-                width, hidden, zero_init=zero_init, spectral_bound=spectral_bound, key=k
+                width,
+                hidden,
+                zero_init=zero_init,
+                spectral_bound=spectral_bound,
+                spectral_method=spectral_method,
+                key=k,
             )
         dims = 1 if stem == "conv1d" else 2
-        return ConvField(width, hidden, num_spatial_dims=dims, zero_init=zero_init, key=k)
+        return ConvField(
+            width,
+            hidden,
+            num_spatial_dims=dims,
+            zero_init=zero_init,
+            spectral_bound=spectral_bound,
+            spectral_method=spectral_method,
+            spectral_shape=tuple(in_shape[1:]) if spectral_bound is not None else None,
+            key=k,
+        )
 
     if body == "none":
         body_module = None

@@ -84,6 +84,19 @@ class ButcherTableau:
         return not self.explicit
 
     @property
+    def algebraically_stable(self) -> bool:
+        """``b >= 0`` and ``M = diag(b) a + aᵀ diag(b) - b bᵀ`` positive semi-definite (Burrage &
+        Butcher 1979): the scheme is B-stable, so a step is non-expansive, ``|y'_1 - y'_2| <=
+        |y_1 - y_2|``, for every step size and every field with ``<f(a) - f(b), a - b> <= 0``
+        (backward Euler, Gauss and Radau IIA are; the trapezoid rule and explicit schemes are
+        not)."""
+        if np.any(self.b < -_ATOL):
+            return False
+        bm = np.diag(self.b) @ self.a
+        m = bm + bm.T - np.outer(self.b, self.b)
+        return bool(np.min(np.linalg.eigvalsh(m)) >= -1e-12)
+
+    @property
     def stiffly_accurate(self) -> bool:
         """``b`` equals the last row of ``a``: the last stage value is the step's result."""
         return bool(np.array_equal(self.b, self.a[-1]))

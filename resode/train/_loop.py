@@ -26,7 +26,13 @@ from jaxtyping import Array, PRNGKeyArray
 
 from ..config import Config, ConfigError, flatten, load_config
 from ..data import Dataset, batch_indices
-from ..nn import adapter_mask, add_adapters, build_classifier
+from ..nn import (
+    adapter_mask,
+    add_adapters,
+    build_classifier,
+    spectral_state_mask,
+    update_spectral_state,
+)
 
 TASKS = ("classification", "regression")
 
@@ -149,6 +155,7 @@ def build_model(cfg: Config, data: Dataset, key: PRNGKeyArray | None = None):
         monotonicity=body.monotonicity,
         splitting_alpha=body.splitting_alpha,
         spectral_bound=body.spectral_bound,
+        spectral_method=body.spectral_method,
         key=key,
     )
 
@@ -156,9 +163,13 @@ def build_model(cfg: Config, data: Dataset, key: PRNGKeyArray | None = None):
 def _masked(opt, model, params, trainable: str):
     """`opt` on the parameters `trainable` names (all, adapters, head); zero updates (and no
     optimiser state) for the others."""
-    if trainable == "all":
+    state = spectral_state_mask(model)  # power-iteration vectors: never optimised
+    has_state = any(jax.tree_util.tree_leaves(state))
+    if trainable == "all" and not has_state:
         return opt
-    if trainable == "adapters":
+    if trainable == "all":
+        mask = jax.tree_util.tree_map(lambda _: True, model)
+    elif trainable == "adapters":
         mask = adapter_mask(model)
     else:  # the classifier's linear head
         mask = jax.tree_util.tree_map(lambda _: False, model)
@@ -167,9 +178,10 @@ def _masked(opt, model, params, trainable: str):
         )
     leaves, treedef = jax.tree_util.tree_flatten(model)
     flags = treedef.flatten_up_to(mask)
+    frozen = treedef.flatten_up_to(state)
     labels = [
-        "train" if flag else "freeze"
-        for leaf, flag in zip(leaves, flags, strict=True)
+        "train" if flag and not fixed else "freeze"
+        for leaf, flag, fixed in zip(leaves, flags, frozen, strict=True)
         if eqx.is_inexact_array(leaf)
     ]
     labels = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), labels)
@@ -281,6 +293,7 @@ class Trainer:
                 model = add_adapters(model, cfg.model.adapter_hidden, key=akey)
         self.params0, self.static = eqx.partition(model, eqx.is_inexact_array)
         self.optimizer = _masked(make_optimizer(cfg), model, self.params0, cfg.train.trainable)
+        self.spectral_state = any(jax.tree_util.tree_leaves(spectral_state_mask(model)))
         self.uses_dropout = cfg.model.body.drop_rate > 0
         self.compute_dtype = jnp.dtype(cfg.train.precision)
         # Device-resident data: replicated (small embedded sets); the test set padded to whole
@@ -383,6 +396,8 @@ class Trainer:
         )
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = eqx.apply_updates(state.params, updates)
+        if self.spectral_state:  # power-iteration vectors follow the new weights
+            params = eqx.filter(update_spectral_state(self.model(params)), eqx.is_inexact_array)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **diag.summary()}
         if self.classification:
             metrics["accuracy"] = acc
