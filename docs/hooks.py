@@ -93,12 +93,24 @@ API_SECTIONS = {
                 "ConvField",
                 "AttentionField",
                 "GraphField",
+                "DissipativeField",
                 "FunctionField",
                 "conv_same",
                 "normalized_laplacian",
                 "soft_threshold",
+                "MONOTONE_ACTIVATIONS",
             ],
         ),
+        (
+            "Spectral normalisation",
+            [
+                "update_spectral_state",
+                "spectral_state_mask",
+                "conv_symbol_norm",
+                "SPECTRAL_METHODS",
+            ],
+        ),
+        ("Adapters", ["add_adapters", "remove_adapters", "adapter_mask", "AdaptedField"]),
         ("Models", ["build_classifier", "count_params", "Classifier", "Stem", "BODIES", "STEMS"]),
     ],
     "resode.train": [
@@ -118,7 +130,19 @@ API_SECTIONS = {
     "resode.experiments": [
         ("Checks", ["exact_check", "empirical_check", "Check", "checks_table", "verdict"]),
         ("Running", ["run_experiment", "list_experiments", "load_experiment", "Context", "Result"]),
-        ("Helpers", ["seed_list", "spread", "fmt_spread", "fit_config", "fit_seeds", "to_float64"]),
+        (
+            "Helpers",
+            [
+                "seed_list",
+                "spread",
+                "fmt_spread",
+                "fit_config",
+                "fit_seeds",
+                "held_out_accuracy",
+                "max_param_change",
+                "to_float64",
+            ],
+        ),
     ],
 }
 

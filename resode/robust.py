@@ -1,4 +1,5 @@
-"""Robustness and calibration: adversarial attacks (FGSM, PGD) and calibration metrics.
+"""Robustness, calibration and domain shift: adversarial attacks (FGSM, PGD), calibration metrics
+and the maximum mean discrepancy between two sets of features.
 
 Pure functions on JAX arrays. The attacks take a per-example loss ``loss_fn(x, y) -> scalar`` and
 differentiate it with respect to the input, so they work through any resode body (explicit,
@@ -19,6 +20,7 @@ __all__ = [
     "classifier_loss",
     "expected_calibration_error",
     "fgsm",
+    "maximum_mean_discrepancy",
     "pgd",
 ]
 
@@ -202,3 +204,49 @@ def expected_calibration_error(logits, labels, *, num_bins: int = 15) -> float:
     used = bins["count"] > 0
     gaps = np.abs(bins["accuracy"][used] - bins["confidence"][used])
     return float(np.sum(bins["count"][used] / n * gaps))
+
+
+# --- domain shift -------------------------------------------------------------------------------
+
+
+def maximum_mean_discrepancy(a, b, *, kernel: str = "rbf", bandwidth: float | None = None):
+    r"""Squared maximum mean discrepancy between two samples (Gretton et al., JMLR 2012):
+    $\mathrm{MMD}^2 = \overline{k(a, a')} + \overline{k(b, b')} - 2\,\overline{k(a, b)}$, the
+    biased (V-statistic) estimate, which is the squared distance between the samples' mean
+    embeddings and so never negative.
+
+    **Arguments:** `a` ``(n, d)``, `b` ``(m, d)`` (e.g. a classifier's
+    [`resode.nn.Classifier.features`][] on two domains); `kernel` ``"rbf"``
+    ($k = \exp(-\|u - v\|^2 / (2\sigma^2))$) or ``"linear"`` ($k = u \cdot v$, for which
+    MMD² is exactly $\|\bar a - \bar b\|^2$); `bandwidth` σ of the rbf kernel (default: the
+    median pairwise distance of the pooled samples, the median heuristic). Returns
+    ``(mmd2, bandwidth)`` as floats (bandwidth NaN for the linear kernel); pass the same
+    bandwidth to compare gaps before and after a change.
+    """
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or not len(a) or not len(b):
+        raise ValueError(
+            f"maximum_mean_discrepancy: `a` and `b` must be non-empty (examples, features) with "
+            f"the same features, got {a.shape} and {b.shape}."
+        )
+    if kernel == "linear":
+        gram = lambda u, v: u @ v.T
+        bandwidth = float("nan")
+    elif kernel == "rbf":
+        sq = lambda u, v: np.maximum(
+            (u * u).sum(1)[:, None] + (v * v).sum(1)[None, :] - 2 * u @ v.T, 0.0
+        )
+        if bandwidth is None:
+            pooled = np.concatenate([a, b])
+            d = np.sqrt(sq(pooled, pooled))[np.triu_indices(len(pooled), 1)]
+            bandwidth = float(np.median(d)) if d.size else 1.0
+        if not bandwidth > 0:
+            raise ValueError(f"maximum_mean_discrepancy: `bandwidth` must be > 0, got {bandwidth}.")
+        gram = lambda u, v: np.exp(-sq(u, v) / (2.0 * bandwidth**2))
+    else:
+        raise ValueError(
+            f"maximum_mean_discrepancy: unknown kernel {kernel!r}. Valid: rbf, linear."
+        )
+    mmd2 = gram(a, a).mean() + gram(b, b).mean() - 2.0 * gram(a, b).mean()
+    return float(max(mmd2, 0.0)), float(bandwidth)

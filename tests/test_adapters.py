@@ -144,3 +144,27 @@ def test_init_from_a_different_model_is_refused_naming_the_key(tmp_path):
                 load_config(None, [*SMALL, "model.width=8", f"train.init_from={tmp_path}/base"]),
                 load("digits"),
             )
+
+
+def test_remove_adapters_and_features():
+    model = rn.build_classifier(
+        in_shape=(6,), num_classes=3, width=8, num_steps=2, key=jax.random.PRNGKey(0)
+    )
+    adapted = rn.add_adapters(model, 4, key=jax.random.PRNGKey(1))
+    bumped = jax.tree_util.tree_map(
+        lambda a, m: a + 0.1 if (m and eqx.is_inexact_array(a)) else a,
+        adapted,
+        rn.adapter_mask(adapted),
+    )
+    stripped = rn.remove_adapters(bumped)
+    assert jax.tree_util.tree_structure(stripped) == jax.tree_util.tree_structure(model)
+    x = jax.random.normal(jax.random.PRNGKey(2), (4, 6))
+    out = jax.vmap(lambda xi: model(xi)[0])(x)
+    np.testing.assert_array_equal(jax.vmap(lambda xi: stripped(xi)[0])(x), out)
+    # The features are the head's input.
+    feats = jax.vmap(lambda xi: bumped.features(xi)[0])(x)
+    assert feats.shape == (4, 8)
+    np.testing.assert_allclose(
+        jax.vmap(bumped.head)(feats), jax.vmap(lambda xi: bumped(xi)[0])(x), rtol=1e-12
+    )
+    assert not np.allclose(jax.vmap(lambda xi: bumped(xi)[0])(x), out)

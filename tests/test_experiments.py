@@ -75,6 +75,13 @@ FIGURES = {
     ],
     "stochastic_depth": ["expectation_error", "per_rate", "test_accuracy_gain"],
     "lipschitz_robustness": ["max_ratio_over_bound", "per_bound"],
+    "adversarial_depth": ["per_model", "clean_accuracy_range", "max_violation"],
+    "domain_adapters": [
+        "target_accuracy",
+        "source_accuracy",
+        "domain_gap",
+        "base_parameter_change",
+    ],
     "continual_adapters": [
         "forgetting",
         "per_method",
@@ -106,12 +113,14 @@ CHECK_KEYS = {"name", "kind", "claim", "expected", "measured", "tolerance", "hol
 # Quick runs of about 17 s or more on 2 cores (several trainings, each compiled): `make
 # test-slow` runs them, so that `make test` stays well inside its 15 minutes.
 SLOW_QUICK = {
+    "adversarial_depth",
     "anode",
     "continual_adapters",
     "residual_scale",
     "stiff_dynamics",
     "degradation",
     "delta_learning",
+    "domain_adapters",
     "lipschitz_robustness",
     "monotone_deq",
     "reversible_memory",
@@ -211,6 +220,16 @@ def test_quick_run_writes_its_summary_and_exact_checks_hold(name, tmp_path):
             ["spectral_bound=[0.1,3]", "depth=2", "radius=0.3", "seed=5", "steps=5", "width=8"],
             marks=pytest.mark.slow,
         ),
+        pytest.param(
+            "adversarial_depth",
+            ["radius=0.3", "pgd_steps=3", "width=6", "hidden=5", "depth=3", "steps=5", "seed=2"],
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            "domain_adapters",
+            ["shift=noise", "noise_std=0.3", "target_labels=30", "adapter_width=3", "seed=3"],
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_exact_checks_hold_for_other_parameters(name, overrides, tmp_path):
@@ -236,6 +255,8 @@ def test_exact_expectations_come_from_the_parameters(tmp_path):
         (["identity_init", "depth=0"], "depth"),  # invalid value
         (["identity_init", "scheme=rk5"], "scheme"),
         (["weyl_bound", "eps=-1"], "eps"),
+        (["domain_adapters", "shift=blur"], "shift"),
+        (["adversarial_depth", "radius=0"], "radius"),
         (["no_such_experiment"], "no_such_experiment"),
     ],
 )

@@ -155,3 +155,26 @@ def eqx_inexact(a):
     import equinox as eqx
 
     return eqx.is_inexact_array(a)
+
+
+def test_maximum_mean_discrepancy():
+    from resode.robust import maximum_mean_discrepancy as mmd
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(60, 3)), rng.normal(size=(50, 3)) + np.array([0.3, -0.2, 1.0])
+    # The linear kernel's MMD^2 is exactly the squared distance of the means.
+    m2, bw = mmd(a, b, kernel="linear")
+    np.testing.assert_allclose(m2, np.sum((a.mean(0) - b.mean(0)) ** 2), rtol=1e-12)
+    assert np.isnan(bw)
+    # rbf: zero for identical samples, symmetric, larger for a shifted sample than a fresh draw
+    # of the same law (with the bandwidth fixed once).
+    same, bw = mmd(a, a)
+    assert same == 0.0 and bw > 0
+    shifted, bw = mmd(a, b)
+    np.testing.assert_allclose(mmd(b, a, bandwidth=bw)[0], shifted, rtol=1e-12)
+    fresh = mmd(a, rng.normal(size=(50, 3)), bandwidth=bw)[0]
+    assert shifted > 3 * fresh > 0
+    with pytest.raises(ValueError, match="features"):
+        mmd(a, b[:, :2])
+    with pytest.raises(ValueError, match="kernel"):
+        mmd(a, b, kernel="poly")

@@ -17,7 +17,6 @@ than after fine-tuning (forgetting = A accuracy before B - A accuracy after B).
 
 import dataclasses
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,6 +30,8 @@ from resode.experiments import (
     exact_check,
     fit_config,
     fmt_spread,
+    held_out_accuracy,
+    max_param_change,
     plot_series,
     seed_list,
     spread,
@@ -85,28 +86,6 @@ def _task(full, classes):
     )
 
 
-def _accuracy(model, data) -> float:
-    logits = jax.jit(jax.vmap(lambda x: model(x, inference=True)[0]))(jnp.asarray(data.x_test))
-    return float(np.mean(np.asarray(logits).argmax(1) == data.y_test))
-
-
-def _without_adapters(model):
-    """The base network inside an adapted one: every AdaptedField replaced by its base."""
-    return jax.tree_util.tree_map(
-        lambda n: n.base if isinstance(n, rn.AdaptedField) else n,
-        model,
-        is_leaf=lambda n: isinstance(n, rn.AdaptedField),
-    )
-
-
-def _max_param_change(a, b) -> float:
-    pa = jax.tree_util.tree_leaves(eqx.filter(a, eqx.is_inexact_array))
-    pb = jax.tree_util.tree_leaves(eqx.filter(b, eqx.is_inexact_array))
-    return max(
-        float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(pa, pb, strict=True)
-    )
-
-
 def run(cfg: Config, ctx) -> Result:
     full = load("digits")
     task_a, task_b = _task(full, np.arange(5)), _task(full, np.arange(5, 10))
@@ -124,13 +103,13 @@ def run(cfg: Config, ctx) -> Result:
         ca = fit_config(cfg.steps_a, cfg.lr, f"seed={s}", *common)
         trainers.setdefault("a", Trainer(ca, task_a))
         base = fit(ca, task_a, model=build_model(ca, task_a), trainer=trainers["a"]).model
-        acc["a_before"].append(_accuracy(base, task_a))
+        acc["a_before"].append(held_out_accuracy(base, task_a))
 
         cb = fit_config(cfg.steps_b, cfg.lr, f"seed={s}", *common)
         trainers.setdefault("fine_tune", Trainer(cb, task_b, model=base))
         tuned = fit(cb, task_b, model=base, trainer=trainers["fine_tune"]).model
-        acc["a_fine_tune"].append(_accuracy(tuned, task_a))
-        acc["b_fine_tune"].append(_accuracy(tuned, task_b))
+        acc["a_fine_tune"].append(held_out_accuracy(tuned, task_a))
+        acc["b_fine_tune"].append(held_out_accuracy(tuned, task_b))
 
         adapted = rn.add_adapters(base, cfg.adapter_width, key=jax.random.PRNGKey(1000 + s))
         start_gap = max(
@@ -156,11 +135,13 @@ def run(cfg: Config, ctx) -> Result:
         )
         trainers.setdefault("adapters", Trainer(cad, task_b, model=adapted))
         learned = fit(cad, task_b, model=adapted, trainer=trainers["adapters"]).model
-        acc["a_adapters"].append(_accuracy(learned, task_a))
-        acc["b_adapters"].append(_accuracy(learned, task_b))
-        inner = _without_adapters(learned)
-        base_change = max(base_change, _max_param_change(inner, base))
-        per_task_gap = max(per_task_gap, abs(_accuracy(inner, task_a) - acc["a_before"][-1]))
+        acc["a_adapters"].append(held_out_accuracy(learned, task_a))
+        acc["b_adapters"].append(held_out_accuracy(learned, task_b))
+        inner = rn.remove_adapters(learned)
+        base_change = max(base_change, max_param_change(inner, base))
+        per_task_gap = max(
+            per_task_gap, abs(held_out_accuracy(inner, task_a) - acc["a_before"][-1])
+        )
         ctx.say(
             f"  seed {s}: A {acc['a_before'][-1]:.3f}; fine-tune A {acc['a_fine_tune'][-1]:.3f} "
             f"B {acc['b_fine_tune'][-1]:.3f}; adapters A {acc['a_adapters'][-1]:.3f} "

@@ -16,8 +16,10 @@ from ._check import (
     fit_seeds,
     fmt_spread,
     jsonable,
+    max_param_change,
     seed_list,
     spread,
+    held_out_accuracy,
     to_float64,
 )
 from ._plots import plot_series
@@ -53,10 +55,12 @@ __all__ = [
     "list_experiments",
     "load_experiment",
     "machine",
+    "max_param_change",
     "plot_series",
     "run_experiment",
     "seed_list",
     "spread",
+    "held_out_accuracy",
     "to_float64",
     "verdict",
     "write_gallery",

@@ -172,3 +172,28 @@ def fit_seeds(data, seeds, steps: int, lr: float, *overrides: str, evaluate_trai
         model = build_model(c, data)
         results.append(fit(c, data, model=model, trainer=trainer, evaluate_train=evaluate_train))
     return results
+
+
+def held_out_accuracy(model, data) -> float:
+    """Accuracy of a classifier on ``data.x_test`` / ``data.y_test`` (evaluation mode, one
+    compiled batched call)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    logits = jax.jit(jax.vmap(lambda x: model(x, inference=True)[0]))(jnp.asarray(data.x_test))
+    return float(np.mean(np.asarray(logits).argmax(1) == np.asarray(data.y_test)))
+
+
+def max_param_change(a, b) -> float:
+    """The largest absolute difference between corresponding parameters of two models of the same
+    structure (0.0 exactly when every parameter is bit for bit the same)."""
+    import equinox as eqx
+    import jax
+    import numpy as np
+
+    pa = jax.tree_util.tree_leaves(eqx.filter(a, eqx.is_inexact_array))
+    pb = jax.tree_util.tree_leaves(eqx.filter(b, eqx.is_inexact_array))
+    return max(
+        float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(pa, pb, strict=True)
+    )

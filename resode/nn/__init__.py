@@ -1,6 +1,6 @@
 """Equinox layers: one vector field as a ResNet, an implicit ResNet, a neural ODE or a DEQ."""
 
-from ._adapters import AdaptedField, adapter_mask, add_adapters
+from ._adapters import AdaptedField, adapter_mask, add_adapters, remove_adapters
 from ._deq import DEQ
 from ._diagnostics import Diagnostics
 from ._fields import (
@@ -31,6 +31,7 @@ __all__ = [
     "AdaptedField",
     "adapter_mask",
     "add_adapters",
+    "remove_adapters",
     "BODIES",
     "DEQ",
     "STEMS",

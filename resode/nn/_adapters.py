@@ -107,4 +107,14 @@ def adapter_mask(model):
     return jax.tree_util.tree_map(mark, model, is_leaf=lambda x: isinstance(x, AdaptedField))
 
 
-__all__ = ["AdaptedField", "add_adapters", "adapter_mask"]
+def remove_adapters(model):
+    """The base model inside an adapted one: every [`AdaptedField`][] replaced by its base field
+    (for serving a task or domain without its adapters; the inverse of [`add_adapters`][])."""
+    return jax.tree_util.tree_map(
+        lambda n: n.base if isinstance(n, AdaptedField) else n,
+        model,
+        is_leaf=lambda n: isinstance(n, AdaptedField),
+    )
+
+
+__all__ = ["AdaptedField", "add_adapters", "adapter_mask", "remove_adapters"]

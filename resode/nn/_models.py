@@ -69,6 +69,12 @@ class Classifier(eqx.Module):
     body_kind: str = eqx.field(static=True)
 
     def __call__(self, x: Array, *, key=None, inference: bool = False):
+        y, diag = self.features(x, key=key, inference=inference)
+        return self.head(y), diag
+
+    def features(self, x: Array, *, key=None, inference: bool = False):
+        """The head's input (the body's output, spatial axes averaged) and the body's
+        `Diagnostics`: the representation a domain gap or a probe is measured on."""
         y = self.stem(x)
         if self.body_kind == "none":
             diag = Diagnostics.explicit(0, y.dtype)
@@ -80,7 +86,7 @@ class Classifier(eqx.Module):
             y, diag = self.body(y, key=key, inference=inference)
         if y.ndim > 1:
             y = jnp.mean(y, axis=tuple(range(1, y.ndim)))
-        return self.head(y), diag
+        return y, diag
 
 
 def count_params(model) -> int:
