@@ -15,11 +15,11 @@ from ._check import (
     fit_config,
     fit_seeds,
     fmt_spread,
+    held_out_accuracy,
     jsonable,
     max_param_change,
     seed_list,
     spread,
-    held_out_accuracy,
     to_float64,
 )
 from ._plots import plot_series
