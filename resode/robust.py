@@ -22,6 +22,7 @@ __all__ = [
     "fgsm",
     "maximum_mean_discrepancy",
     "pgd",
+    "reliability_diagram",
 ]
 
 NORMS = ("linf", "l2")
@@ -204,6 +205,41 @@ def expected_calibration_error(logits, labels, *, num_bins: int = 15) -> float:
     used = bins["count"] > 0
     gaps = np.abs(bins["accuracy"][used] - bins["confidence"][used])
     return float(np.sum(bins["count"][used] / n * gaps))
+
+
+def reliability_diagram(logits, labels, *, num_bins: int = 15, ax=None, label: str | None = None):
+    """The reliability diagram of a classifier's logits: accuracy against mean confidence per
+    confidence bin ([`calibration_bins`][]; equal-width bins of [0, 1]), with the diagonal of
+    perfect calibration, each bin's point sized by its count and the ECE in the legend.
+
+    Returns a matplotlib `Figure` (nothing is shown; save it with ``fig.savefig(path)``). Pass
+    `ax` to draw into existing axes (several models or shrink factors on one diagram, each with its
+    `label`).
+    """
+    from matplotlib.figure import Figure
+
+    bins = calibration_bins(logits, labels, num_bins=num_bins)
+    ece = expected_calibration_error(logits, labels, num_bins=num_bins)
+    if ax is None:
+        ax = Figure(figsize=(4.6, 4.2)).add_subplot()
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    used = bins["count"] > 0
+    sizes = 200.0 * bins["count"][used] / bins["count"].sum() + 8.0
+    name = f"{label}: " if label else ""
+    ax.plot(bins["confidence"][used], bins["accuracy"][used], "-", alpha=0.6)
+    ax.scatter(
+        bins["confidence"][used],
+        bins["accuracy"][used],
+        s=sizes,
+        label=f"{name}ECE {ece:.3f} ({num_bins} bins)",
+        color=ax.lines[-1].get_color(),
+    )
+    ax.set_xlim(0, 1.03)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("confidence (mean of the bin)")
+    ax.set_ylabel("accuracy in the bin")
+    ax.legend(fontsize=8, loc="lower right")
+    return ax.figure
 
 
 # --- domain shift -------------------------------------------------------------------------------

@@ -178,3 +178,23 @@ def test_maximum_mean_discrepancy():
         mmd(a, b[:, :2])
     with pytest.raises(ValueError, match="kernel"):
         mmd(a, b, kernel="poly")
+
+
+def test_reliability_diagram_draws_the_bins(tmp_path):
+    from resode.robust import calibration_bins, reliability_diagram
+
+    rng = np.random.default_rng(1)
+    logits, labels = 3 * rng.normal(size=(300, 4)), rng.integers(0, 4, 300)
+    fig = reliability_diagram(logits, labels, num_bins=10, label="x3")
+    ax = fig.axes[0]
+    bins = calibration_bins(logits, labels, num_bins=10)
+    used = bins["count"] > 0
+    points = ax.collections[0].get_offsets()
+    np.testing.assert_allclose(points[:, 0], bins["confidence"][used])
+    np.testing.assert_allclose(points[:, 1], bins["accuracy"][used])
+    ece = expected_calibration_error(logits, labels, num_bins=10)
+    assert f"ECE {ece:.3f}" in ax.get_legend().get_texts()[-1].get_text()
+    reliability_diagram(logits / 3, labels, num_bins=10, ax=ax, label="x1")  # a second model
+    assert len(ax.collections) == 2
+    fig.savefig(tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 1000

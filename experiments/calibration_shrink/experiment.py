@@ -28,7 +28,7 @@ from resode.experiments import (
     seed_list,
     spread,
 )
-from resode.robust import expected_calibration_error
+from resode.robust import expected_calibration_error, reliability_diagram
 
 CLAIM = (
     "Shrinking logits, z = (1 - lambda) x, never changes a prediction and is temperature scaling "
@@ -99,6 +99,7 @@ def run(cfg: Config, ctx) -> Result:
     )
     x_val, y_val = full.x_test[val_idx], full.y_test[val_idx]
 
+    diagram = None  # the first seed's test logits, for the reliability diagram
     ece = {lam: [] for lam in lambdas}
     nll = {lam: [] for lam in lambdas}
     acc = {lam: [] for lam in lambdas}
@@ -129,6 +130,8 @@ def run(cfg: Config, ctx) -> Result:
             temp_gap = max(temp_gap, abs(t_ece - ece[lam][-1]))
         best = min(lambdas, key=lambda lam: val_nll[lam])
         chosen.append(best)
+        if diagram is None:
+            diagram = (s, test_logits, best)
         ece0.append(ece[0.0][-1])
         ece_star.append(ece[best][-1])
         ctx.say(
@@ -206,6 +209,19 @@ def run(cfg: Config, ctx) -> Result:
             title=f"ResNet on {len(train_idx)} digits, {len(seeds)} seeds",
         ),
     ]
+    s0, logits0, best0 = diagram
+    fig = reliability_diagram(logits0, data.y_test, num_bins=cfg.num_bins, label="lambda 0")
+    reliability_diagram(
+        (1.0 - best0) * logits0,
+        data.y_test,
+        num_bins=cfg.num_bins,
+        ax=fig.axes[0],
+        label=f"lambda {best0:g} (chosen)",
+    )
+    fig.axes[0].set_title(f"test set, seed {s0}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(ctx.plots / "reliability.png", dpi=100)
+    plots.append(ctx.plots / "reliability.png")
     rows = "\n".join(
         f"| {lam:g} | {fmt_spread(spread(acc[lam]))} | {fmt_spread(spread(ece[lam]))} | "
         f"{fmt_spread(spread(nll[lam]))} |"
