@@ -105,7 +105,7 @@ API_SECTIONS = {
             "Spectral normalisation",
             [
                 "update_spectral_state",
-                "spectral_state_mask",
+                "buffer_mask",
                 "conv_symbol_norm",
                 "SPECTRAL_METHODS",
             ],

@@ -146,7 +146,8 @@ def lipschitz_constant(field, *, spatial_shape=None, t_max: float | None = None)
     - `ConvField` (1-Lipschitz activation): the product of its two convolutions' Fourier-symbol
       norms (Sedghi et al. 2019), which bound the zero-padded convolutions on states of
       `spatial_shape` (default: the field's `spectral_shape`).
-    - `GraphField`: $\|L\|_2 \|W\|_2$, times $\max(1, \max_j |1 + t_{max} c_j|)$ when
+    - `GraphField`: $\|L\|_2 \|W\|_2$ ($\|I - L\|_2 \|W\|_2$ with the adjacency operator;
+      its activation, if any, 1-Lipschitz), times $\max(1, \max_j |1 + t_{max} c_j|)$ when
       time-dependent (`t_max`, the largest time it is called at, is then required).
     - `DissipativeField`: $\|W\|_2^2 + m$.
     - `AdaptedField`: the sum of its base's and its adapter's constants.
@@ -180,7 +181,12 @@ def lipschitz_constant(field, *, spatial_shape=None, t_max: float | None = None)
 
         return vmap_leading(one, extra)(field.kernels())
     if isinstance(field, GraphField):
-        K = _matrix_norm(jax.lax.stop_gradient(field.laplacian)) * _matrix_norm(field.weight)
+        if field.activation is not None:
+            _check_one_lipschitz(field.activation)
+        op = jax.lax.stop_gradient(field.laplacian)
+        if field.operator == "adjacency":
+            op = jnp.eye(op.shape[-1], dtype=op.dtype) - op
+        K = _matrix_norm(op) * _matrix_norm(field.weight)
         if field.time_dependent:
             if t_max is None:
                 raise ValueError(

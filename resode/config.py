@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .data import list_datasets
+from .nn._fields import GRAPH_OPERATORS
 from .nn._models import BODIES, STEMS
 from .nn._ode import _ADJOINTS as ODE_ADJOINTS
 from .nn._ode import _SOLVERS as ODE_SOLVERS
@@ -99,6 +100,8 @@ class BodyConfig:
     splitting_alpha: float | None = None  # monotone_deq: splitting step (default: its own)
     spectral_bound: float | None = None  # spectral normalisation: the field is K-Lipschitz
     spectral_method: str = "exact"  # exact (SVD / Fourier symbol) | power (iteration with state)
+    graph_operator: str | None = None  # graph stems: laplacian | adjacency (default: adjacency
+    # for plain bodies, the GCN layer tanh((I - L) X W); laplacian otherwise, tanh(-L X W))
     adjoint: str = "implicit"
     tol: float = 1e-4
     max_steps: int = 30
@@ -326,6 +329,12 @@ def validate(cfg: Config) -> None:
                 f"model.body.spectral_bound: kind {body.kind!r} has no field to normalise."
             )
     _choice("model.body.spectral_method", body.spectral_method, SPECTRAL_METHODS)
+    if body.graph_operator is not None:
+        _choice("model.body.graph_operator", body.graph_operator, GRAPH_OPERATORS)
+        if cfg.model.stem != "graph":
+            raise ConfigError(
+                f"model.body.graph_operator: needs model.stem 'graph', got {cfg.model.stem!r}."
+            )
     _choice("model.body.adjoint", body.adjoint, tuple(ADJOINTS))
     _positive("model.body.tol", body.tol)
     _positive("model.body.max_steps", body.max_steps)

@@ -20,6 +20,8 @@ SHAPES = {
     "lotka_volterra": ((2,), "dynamics", 0),
     "van_der_pol": ((2,), "dynamics", 0),
     "stiff_linear": ((2,), "dynamics", 0),
+    "sbm": ((300, 16), "classification", 3),  # one graph; labels per node, -1 outside the split
+    "karate": ((34, 34), "classification", 2),
 }
 
 
@@ -37,11 +39,17 @@ def test_dataset_shapes_and_determinism(name):
     ds = data.load(name)
     shape, task, classes = SHAPES[name]
     assert ds.input_shape == shape and ds.task == task and ds.num_classes == classes
-    assert (
-        ds.x_train.dtype == np.float32 and len(ds.x_train) == len(ds.y_train) > len(ds.x_test) > 0
-    )
+    assert ds.x_train.dtype == np.float32 and len(ds.x_train) == len(ds.y_train)
+    if ds.adjacency is None:
+        assert len(ds.x_train) > len(ds.x_test) > 0
+    else:  # one graph, its nodes split by label masks
+        assert len(ds.x_train) == len(ds.x_test) == 1
+        assert np.all((ds.y_train >= 0) ^ (ds.y_test >= 0))
+        assert (ds.y_train >= 0).sum() < (ds.y_test >= 0).sum()
     assert np.all(np.isfinite(ds.x_train)) and np.all(np.isfinite(ds.y_train))
-    if task == "classification":
+    if task == "classification" and ds.adjacency is not None:
+        assert set(np.unique(ds.y_train)) == set(range(-1, classes))
+    elif task == "classification":
         assert ds.y_train.dtype == np.int32 and set(np.unique(ds.y_train)) == set(range(classes))
     if task == "dynamics":
         assert ds.y_train.shape == (len(ds.x_train), len(ds.ts), 2)

@@ -76,6 +76,7 @@ FIGURES = {
     "stochastic_depth": ["expectation_error", "per_rate", "test_accuracy_gain"],
     "lipschitz_robustness": ["max_ratio_over_bound", "per_bound"],
     "adversarial_depth": ["per_model", "clean_accuracy_range", "max_violation"],
+    "graph_oversmoothing": ["energy_error", "per_depth"],
     "domain_adapters": [
         "target_accuracy",
         "source_accuracy",
@@ -121,6 +122,7 @@ SLOW_QUICK = {
     "degradation",
     "delta_learning",
     "domain_adapters",
+    "graph_oversmoothing",
     "lipschitz_robustness",
     "monotone_deq",
     "reversible_memory",
@@ -226,6 +228,11 @@ def test_quick_run_writes_its_summary_and_exact_checks_hold(name, tmp_path):
             marks=pytest.mark.slow,
         ),
         pytest.param(
+            "graph_oversmoothing",
+            ["depth=[1,3]", "eta=0.7", "graph_seed=2", "width=4", "steps=5", "seed=1"],
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
             "domain_adapters",
             ["shift=noise", "noise_std=0.3", "target_labels=30", "adapter_width=3", "seed=3"],
             marks=pytest.mark.slow,
@@ -257,6 +264,7 @@ def test_exact_expectations_come_from_the_parameters(tmp_path):
         (["weyl_bound", "eps=-1"], "eps"),
         (["domain_adapters", "shift=blur"], "shift"),
         (["adversarial_depth", "radius=0"], "radius"),
+        (["graph_oversmoothing", "eta=1.5"], "eta"),
         (["no_such_experiment"], "no_such_experiment"),
     ],
 )

@@ -20,6 +20,10 @@ class Dataset:
       int32 class indices (classification), float32 targets (regression), or trajectories of shape
       ``(examples, len(ts), dim)`` starting at the input state (dynamics).
     - `ts`: the observation times of a dynamics set (None otherwise).
+    - `adjacency`: the graph of a node-classification set (symmetric ``(nodes, nodes)``, float32;
+      None otherwise). Such a set is one graph: `x_train` and `x_test` are both its node features,
+      shape ``(1, nodes, features)``, and `y_train` / `y_test` hold one label per node, -1 where
+      the node is not in that split (the training loop ignores -1 labels).
     """
 
     name: str
@@ -31,6 +35,7 @@ class Dataset:
     y_test: np.ndarray
     description: str
     ts: np.ndarray | None = None
+    adjacency: np.ndarray | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -279,6 +279,109 @@ def stiff_linear(
     return _dynamics("stiff_linear", stiff_linear.__doc__.split("\n")[0], y0s, trajs, ts, seed)
 
 
+def _node_split(labels, num_classes, per_class, seed):
+    """(y_train, y_test) of one graph: `per_class` labelled training nodes per class (drawn by
+    `seed`), every other node a test node; -1 marks nodes outside a split."""
+    rng = np.random.default_rng(seed)
+    train = np.zeros(labels.shape[0], bool)
+    for c in range(num_classes):
+        nodes = np.flatnonzero(labels == c)
+        train[rng.choice(nodes, size=min(per_class, nodes.size - 1), replace=False)] = True
+    y_train = np.where(train, labels, -1).astype(np.int32)[None]
+    y_test = np.where(train, -1, labels).astype(np.int32)[None]
+    return y_train, y_test
+
+
+def sbm(
+    *,
+    num_nodes: int = 300,
+    num_classes: int = 3,
+    p_in: float = 0.05,
+    p_out: float = 0.005,
+    num_features: int = 16,
+    signal: float = 0.5,
+    per_class: int = 10,
+    seed: int = 0,
+) -> Dataset:
+    """A stochastic block model: node classification on one graph made locally.
+
+    `num_nodes` nodes in `num_classes` equal blocks; an edge joins two nodes with probability
+    `p_in` inside a block and `p_out` across. Features: a class mean of norm `signal` (random
+    direction per class) plus standard normal noise in `num_features` dimensions, so features
+    alone classify poorly and the graph helps. `per_class` labelled training nodes per class, the
+    rest are test nodes. Inputs ``(1, num_nodes, num_features)``; see `Dataset.adjacency`.
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.arange(num_nodes) % num_classes
+    rng.shuffle(labels)
+    same = labels[:, None] == labels[None, :]
+    upper = np.triu(rng.random((num_nodes, num_nodes)) < np.where(same, p_in, p_out), 1)
+    adjacency = (upper | upper.T).astype(np.float32)
+    means = rng.normal(size=(num_classes, num_features))
+    means *= signal / np.linalg.norm(means, axis=1, keepdims=True)
+    x = (means[labels] + rng.normal(size=(num_nodes, num_features))).astype(np.float32)[None]
+    y_train, y_test = _node_split(labels, num_classes, per_class, seed)
+    return Dataset(
+        "sbm", "classification", num_classes, x, y_train, x.copy(), y_test,
+        sbm.__doc__.split("\n")[0], adjacency=adjacency,
+    )  # fmt: skip
+
+
+# Zachary's karate club (Zachary, "An information flow model for conflict and fission in small
+# groups", J. Anthropological Research 33, 1977): 34 members, 78 friendships, node numbering and
+# club split as in networkx's karate_club_graph.
+_KARATE_EDGES = {
+    0: (1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 17, 19, 21, 31),
+    1: (2, 3, 7, 13, 17, 19, 21, 30),
+    2: (3, 7, 8, 9, 13, 27, 28, 32),
+    3: (7, 12, 13),
+    4: (6, 10),
+    5: (6, 10, 16),
+    6: (16,),
+    8: (30, 32, 33),
+    9: (33,),
+    13: (33,),
+    14: (32, 33),
+    15: (32, 33),
+    18: (32, 33),
+    19: (33,),
+    20: (32, 33),
+    22: (32, 33),
+    23: (25, 27, 29, 32, 33),
+    24: (25, 27, 31),
+    25: (31,),
+    26: (29, 33),
+    27: (33,),
+    28: (31, 33),
+    29: (32, 33),
+    30: (32, 33),
+    31: (32, 33),
+    32: (33,),
+}
+_KARATE_MR_HI = (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 16, 17, 19, 21)
+
+
+def karate(*, per_class: int = 2, seed: int = 0) -> Dataset:
+    """Zachary's karate club (1977): 34 members, 78 friendships, 2 classes (the club each joined).
+
+    A real graph, embedded (the edge list and split of networkx's `karate_club_graph`). No node
+    attributes: the features are one-hot node identities (34). `per_class` labelled training
+    members per class (drawn by `seed`), the rest are test nodes. See `Dataset.adjacency`.
+    """
+    adjacency = np.zeros((34, 34), np.float32)
+    for a, others in _KARATE_EDGES.items():
+        adjacency[a, list(others)] = 1.0
+    adjacency = np.maximum(adjacency, adjacency.T)
+    labels = np.ones(34, np.int64)
+    labels[list(_KARATE_MR_HI)] = 0
+    x = np.eye(34, dtype=np.float32)[None]
+    y_train, y_test = _node_split(labels, 2, per_class, seed)
+    return Dataset(
+        "karate", "classification", 2, x, y_train, x.copy(), y_test,
+        karate.__doc__.split("\n")[0], adjacency=adjacency,
+    )  # fmt: skip
+
+
 DATASETS = {
     "digits": digits,
     "mnist1d": mnist1d,
@@ -289,6 +392,8 @@ DATASETS = {
     "lotka_volterra": lotka_volterra,
     "van_der_pol": van_der_pol,
     "stiff_linear": stiff_linear,
+    "sbm": sbm,
+    "karate": karate,
 }
 """Dataset names mapped to the functions that make them."""
 
@@ -322,6 +427,9 @@ def load(name: str, **options) -> Dataset:
 def fingerprint(dataset: Dataset) -> str:
     """A short hash of a dataset's arrays (to record in a run, or to check determinism)."""
     h = hashlib.sha256()
-    for a in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test):
+    arrays = [dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test]
+    if dataset.adjacency is not None:
+        arrays.append(dataset.adjacency)
+    for a in arrays:
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()[:16]

@@ -21,8 +21,8 @@ from ._monotone_deq import MonotoneDEQ
 from ._ode import ODEBlock
 from ._spectral import (
     SPECTRAL_METHODS,
+    buffer_mask,
     conv_symbol_norm,
-    spectral_state_mask,
     update_spectral_state,
 )
 from ._stack import ResidualStack
@@ -56,6 +56,6 @@ __all__ = [
     "soft_threshold",
     "SPECTRAL_METHODS",
     "conv_symbol_norm",
-    "spectral_state_mask",
+    "buffer_mask",
     "update_spectral_state",
 ]

@@ -443,32 +443,62 @@ def normalized_laplacian(adjacency: Float[Array, "n n"]) -> Float[Array, "n n"]:
     )
 
 
-class GraphField(AbstractVectorField):
-    """Graph diffusion with learned channel mixing: ``f(X) = -L (X + x) W`` on ``(nodes, dim)``.
+GRAPH_OPERATORS = ("laplacian", "adjacency")
+"""Values of `GraphField(operator=...)`: ``-L`` (diffusion) or ``I - L`` (GCN propagation)."""
 
-    `laplacian` is fixed data (not trained; see [`normalized_laplacian`][]); `W` is learned. With
-    `time_dependent`, the output is scaled by ``(1 + t c)`` with a learned vector c.
+
+class GraphField(AbstractVectorField):
+    """Graph diffusion with learned channel mixing: ``f(X) = act(-L (X + x) W)`` on
+    ``(nodes, dim)``.
+
+    `laplacian` is fixed data (a buffer, never trained: see [`buffer_mask`][]; e.g.
+    [`normalized_laplacian`][]); `W` is learned. ``operator="adjacency"`` uses ``I - L`` instead
+    of ``-L`` (with a normalised Laplacian, the GCN propagation ``Â X W``: the layer of a plain,
+    skip-free graph network; ``X + h(-L X)`` is its residual counterpart). `activation` (default
+    None: linear) is applied last. With `time_dependent`, the output is scaled by ``(1 + t c)``
+    with a learned vector c.
     """
 
     laplacian: Array
     weight: Array
     time_scale: Array | None
     time_dependent: bool = eqx.field(static=True)
+    operator: str = eqx.field(default="laplacian", static=True)
+    activation: Callable | None = eqx.field(default=None, static=True)
 
-    def __init__(self, dim: int, laplacian: Array, *, time_dependent=False, key):
+    def __init__(
+        self,
+        dim: int,
+        laplacian: Array,
+        *,
+        time_dependent=False,
+        operator: str = "laplacian",
+        activation: Callable | None = None,
+        key,
+    ):
         laplacian = jnp.asarray(laplacian)
         if laplacian.ndim != 2 or laplacian.shape[0] != laplacian.shape[1]:
             raise ValueError(
                 f"GraphField: `laplacian` must be square, got shape {laplacian.shape}."
             )
+        if operator not in GRAPH_OPERATORS:
+            raise ValueError(
+                f"GraphField: unknown `operator` {operator!r}. Valid: {', '.join(GRAPH_OPERATORS)}."
+            )
         self.laplacian = laplacian
         self.weight = jax.random.normal(key, (dim, dim)) / jnp.sqrt(dim)
         self.time_scale = jnp.zeros(dim) if time_dependent else None
         self.time_dependent = time_dependent
+        self.operator = operator
+        self.activation = activation
 
     def __call__(self, t, y: Float[Array, "nodes dim"], args=None) -> Float[Array, "nodes dim"]:
-        L = jax.lax.stop_gradient(self.laplacian)
-        out = -(L @ _inject(y, args)) @ self.weight
+        L = jax.lax.stop_gradient(self.laplacian).astype(y.dtype)
+        h = _inject(y, args)
+        h = (h - L @ h) if self.operator == "adjacency" else -(L @ h)
+        out = h @ self.weight
+        if self.activation is not None:
+            out = self.activation(out)
         if self.time_dependent:
             out = out * (1.0 + t * self.time_scale)
         return out

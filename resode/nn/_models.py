@@ -11,12 +11,12 @@ from jaxtyping import Array, PRNGKeyArray
 from ..solvers import resolve_splitting
 from ._deq import DEQ
 from ._diagnostics import Diagnostics
-from ._fields import ConvField, MLPField
+from ._fields import ConvField, GraphField, MLPField, normalized_laplacian
 from ._monotone_deq import MonotoneDEQ
 from ._ode import ODEBlock
 from ._stack import ResidualStack
 
-STEMS = ("mlp", "conv1d", "conv2d")
+STEMS = ("mlp", "conv1d", "conv2d", "graph")
 """The stems of [`build_classifier`][] (and `model.stem` of a config)."""
 BODIES = ("none", "plain", "residual", "implicit", "deq", "monotone_deq", "ode")
 """The body kinds of [`build_classifier`][] (and `model.body.kind` of a config)."""
@@ -32,7 +32,14 @@ class Stem(eqx.Module):
     def __init__(
         self, kind: str, in_shape: tuple[int, ...], width: int, *, activation=jax.nn.relu, key
     ):
-        if kind == "mlp":
+        if kind == "graph":
+            if len(in_shape) != 2:
+                raise ValueError(
+                    f"Stem 'graph' needs inputs of shape (nodes, features), got {in_shape}."
+                )
+            self.layer = eqx.nn.Linear(in_shape[1], width, key=key)
+            self.flatten = False
+        elif kind == "mlp":
             size = 1
             for n in in_shape:
                 size *= n
@@ -52,6 +59,8 @@ class Stem(eqx.Module):
         self.activation = activation
 
     def __call__(self, x: Array) -> Array:
+        if isinstance(self.layer, eqx.nn.Linear) and not self.flatten:  # per node of a graph
+            return self.activation(jax.vmap(self.layer)(x))
         return self.activation(self.layer(x.reshape(-1) if self.flatten else x))
 
 
@@ -60,17 +69,19 @@ class Classifier(eqx.Module):
 
     Build with [`build_classifier`][]. The body is a `ResidualStack`, `DEQ`, `MonotoneDEQ` or
     `ODEBlock` (or none); an equilibrium body takes the stem's output as its injected input.
-    Spatial axes are averaged before the linear head.
+    Spatial axes are averaged before the linear head; with ``per_node=True`` (a graph stem) the
+    head is applied to every node's state instead, giving logits ``(nodes, classes)``.
     """
 
     stem: Stem
     body: eqx.Module | None
     head: eqx.nn.Linear
     body_kind: str = eqx.field(static=True)
+    per_node: bool = eqx.field(default=False, static=True)
 
     def __call__(self, x: Array, *, key=None, inference: bool = False):
         y, diag = self.features(x, key=key, inference=inference)
-        return self.head(y), diag
+        return (jax.vmap(self.head)(y) if self.per_node else self.head(y)), diag
 
     def features(self, x: Array, *, key=None, inference: bool = False):
         """The head's input (the body's output, spatial axes averaged) and the body's
@@ -84,14 +95,23 @@ class Classifier(eqx.Module):
             y, diag = self.body(y)
         else:
             y, diag = self.body(y, key=key, inference=inference)
-        if y.ndim > 1:
+        if y.ndim > 1 and not self.per_node:
             y = jnp.mean(y, axis=tuple(range(1, y.ndim)))
         return y, diag
 
 
 def count_params(model) -> int:
-    """Number of trainable (floating-point array) entries of a model."""
-    return sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array)))
+    """Number of trainable entries of a model: its floating-point arrays, less its buffers
+    (graph Laplacians, power-iteration vectors; see [`buffer_mask`][])."""
+    from ._spectral import buffer_mask
+
+    total = 0
+    for leaf, is_buffer in zip(
+        jax.tree_util.tree_leaves(model), jax.tree_util.tree_leaves(buffer_mask(model)), strict=True
+    ):
+        if eqx.is_inexact_array(leaf) and not is_buffer:
+            total += leaf.size
+    return total
 
 
 def build_classifier(
@@ -125,6 +145,8 @@ def build_classifier(
     splitting_alpha: float | None = None,
     spectral_bound: float | None = None,
     spectral_method: str = "exact",
+    adjacency=None,
+    graph_operator: str | None = None,
     key: PRNGKeyArray,
 ) -> Classifier:
     """A classifier whose body is any kind of depth over one field family.
@@ -142,7 +164,12 @@ def build_classifier(
     `learn_alpha` apply to stacks; `reversible`, `gamma` and `learn_gamma` to residual stacks
     (see [`ResidualStack`][]); `spectral_bound` spectrally normalises the field (an
     [`MLPField`][] or a [`ConvField`][] on the input's spatial shape) by `spectral_method`
-    (``"exact"`` or ``"power"``). Use
+    (``"exact"`` or ``"power"``). A ``"graph"`` stem (inputs
+    ``(nodes, features)``, needs `adjacency`) makes a node classifier: a per-node linear stem,
+    a [`GraphField`][] over the renormalised Laplacian ``L = I - D^-1/2 (A + I) D^-1/2`` with a
+    tanh and a per-node head; `graph_operator` ``"laplacian"`` gives ``tanh(-L X W)`` (diffusion;
+    the default except in plain bodies), ``"adjacency"`` the GCN propagation
+    ``tanh((I - L) X W)`` (the default of plain bodies). Use
     [`count_params`][] to match parameter counts across bodies (e.g. by choosing `hidden`).
     """
     if body not in BODIES:
@@ -151,7 +178,17 @@ def build_classifier(
     k_stem, k_body, k_head = jax.random.split(key, 3)
     stem_module = Stem(stem, in_shape, width, key=k_stem)
 
+    if (stem == "graph") != (adjacency is not None):
+        raise ValueError("build_classifier: a graph stem needs `adjacency`, and only it takes one.")
+    laplacian = None
+    if stem == "graph":
+        a = jnp.asarray(adjacency, jnp.float32)
+        laplacian = normalized_laplacian(a + jnp.eye(a.shape[0], dtype=a.dtype))
+
     def make_field(k):
+        if stem == "graph":
+            operator = graph_operator or ("adjacency" if body == "plain" else "laplacian")
+            return GraphField(width, laplacian, operator=operator, activation=jax.nn.tanh, key=k)
         if stem == "mlp":
             return MLPField(
                 width,
@@ -205,12 +242,14 @@ def build_classifier(
             max_steps=max_steps,
         )
     elif body == "monotone_deq":
+        if stem == "graph":
+            raise ValueError("build_classifier: a monotone_deq body has no graph form.")
         splitting = resolve_splitting(solver or "peaceman_rachford")
         if splitting_alpha is not None:
             splitting = dataclasses.replace(splitting, alpha=splitting_alpha)
         body_module = MonotoneDEQ(
             width,
-            spatial_shape=None if stem == "mlp" else tuple(in_shape[1:]),
+            spatial_shape=None if stem in ("mlp", "graph") else tuple(in_shape[1:]),
             monotonicity=monotonicity,
             solver=splitting,
             tol=tol,
@@ -222,4 +261,4 @@ def build_classifier(
             make_field(k_body), solver=ode_solver, adjoint=ode_adjoint, rtol=rtol, atol=atol
         )
     head = eqx.nn.Linear(width, num_classes, key=k_head)
-    return Classifier(stem_module, body_module, head, body)
+    return Classifier(stem_module, body_module, head, body, per_node=stem == "graph")

@@ -146,19 +146,25 @@ def update_spectral_state(model):
     )
 
 
-def spectral_state_mask(model):
-    """A pytree like `model` with True at the power-iteration state arrays (not parameters: the
-    optimiser leaves them alone) and False elsewhere."""
+def buffer_mask(model):
+    """A pytree like `model` with True at its buffers, the arrays that are data or state rather
+    than parameters (power-iteration vectors of spectrally normalised fields, a graph field's
+    Laplacian), and False elsewhere. The training loop never optimises buffers, and
+    [`resode.nn.count_params`][] does not count them."""
+    from ._fields import GraphField
+
     is_sn = lambda m: getattr(m, "spectral_state", None) is not None and isinstance(m, eqx.Module)
+    is_buffer_owner = lambda m: is_sn(m) or isinstance(m, GraphField)
 
     def mark(m):
-        if not is_sn(m):
-            return jax.tree_util.tree_map(lambda _: False, m)
         mask = jax.tree_util.tree_map(lambda _: False, m)
+        if not is_buffer_owner(m):
+            return mask
+        where = (
+            (lambda f: f.laplacian) if isinstance(m, GraphField) else (lambda f: f.spectral_state)
+        )
         return eqx.tree_at(
-            lambda f: f.spectral_state,
-            mask,
-            replace_fn=lambda s: jax.tree_util.tree_map(lambda _: True, s),
+            where, mask, replace_fn=lambda s: jax.tree_util.tree_map(lambda _: True, s)
         )
 
-    return jax.tree_util.tree_map(mark, model, is_leaf=is_sn)
+    return jax.tree_util.tree_map(mark, model, is_leaf=is_buffer_owner)

@@ -29,10 +29,11 @@ from ..data import Dataset, batch_indices
 from ..nn import (
     adapter_mask,
     add_adapters,
+    buffer_mask,
     build_classifier,
-    spectral_state_mask,
     update_spectral_state,
 )
+from ..nn._spectral import spectral_fields
 
 TASKS = ("classification", "regression")
 
@@ -101,7 +102,17 @@ def check_dataset(cfg: Config, data: Dataset, num_devices: int, *, own_model: bo
             f"data.batch_size: {cfg.data.batch_size} must be divisible by the number of devices "
             f"({num_devices}) to shard the batch."
         )
-    stem_dims = {"mlp": None, "conv1d": 2, "conv2d": 3}[cfg.model.stem]
+    graph_data = data.adjacency is not None
+    if not own_model and graph_data != (cfg.model.stem == "graph"):
+        raise ConfigError(
+            f"model.stem: {data.name!r} is a graph (node classification), which needs "
+            f"model.stem=graph, got {cfg.model.stem!r}."
+            if graph_data
+            else f"model.stem: 'graph' needs a graph data set (sbm, karate); {data.name!r} is not."
+        )
+    if not own_model and graph_data and cfg.model.body.kind == "monotone_deq":
+        raise ConfigError("model.body.kind: 'monotone_deq' has no graph form; use deq.")
+    stem_dims = {"mlp": None, "conv1d": 2, "conv2d": 3, "graph": 2}[cfg.model.stem]
     if not own_model and stem_dims is not None and len(data.input_shape) != stem_dims:
         raise ConfigError(
             f"model.stem: {cfg.model.stem!r} needs inputs of {stem_dims} axes (channels first); "
@@ -156,6 +167,8 @@ def build_model(cfg: Config, data: Dataset, key: PRNGKeyArray | None = None):
         splitting_alpha=body.splitting_alpha,
         spectral_bound=body.spectral_bound,
         spectral_method=body.spectral_method,
+        adjacency=data.adjacency,
+        graph_operator=body.graph_operator,
         key=key,
     )
 
@@ -163,7 +176,7 @@ def build_model(cfg: Config, data: Dataset, key: PRNGKeyArray | None = None):
 def _masked(opt, model, params, trainable: str):
     """`opt` on the parameters `trainable` names (all, adapters, head); zero updates (and no
     optimiser state) for the others."""
-    state = spectral_state_mask(model)  # power-iteration vectors: never optimised
+    state = buffer_mask(model)  # power-iteration vectors, graph Laplacians: never optimised
     has_state = any(jax.tree_util.tree_leaves(state))
     if trainable == "all" and not has_state:
         return opt
@@ -293,7 +306,7 @@ class Trainer:
                 model = add_adapters(model, cfg.model.adapter_hidden, key=akey)
         self.params0, self.static = eqx.partition(model, eqx.is_inexact_array)
         self.optimizer = _masked(make_optimizer(cfg), model, self.params0, cfg.train.trainable)
-        self.spectral_state = any(jax.tree_util.tree_leaves(spectral_state_mask(model)))
+        self.spectral_state = bool(spectral_fields(model))
         self.uses_dropout = cfg.model.body.drop_rate > 0
         self.compute_dtype = jnp.dtype(cfg.train.precision)
         # Device-resident data: replicated (small embedded sets); the test set padded to whole
@@ -374,7 +387,17 @@ class Trainer:
             keys = jax.random.split(key, x.shape[0])
             out, diag = jax.vmap(lambda xi, ki: model(xi, key=ki, inference=inference))(x, keys)
         out = out.astype(jnp.float32)
-        if self.classification:
+        if self.classification and y.ndim > 1:
+            # One label per node (or position); -1 marks positions outside the split. Per example:
+            # the mean loss and the fraction correct over its labelled positions.
+            valid = (y >= 0).astype(jnp.float32)
+            per = optax.softmax_cross_entropy_with_integer_labels(out, jnp.maximum(y, 0))
+            axes = tuple(range(1, y.ndim))
+            count = jnp.maximum(jnp.sum(valid, axis=axes), 1.0)
+            losses = jnp.sum(per * valid, axis=axes) / count
+            hits = (jnp.argmax(out, axis=-1) == y).astype(jnp.float32) * valid
+            correct = jnp.sum(hits, axis=axes) / count
+        elif self.classification:
             losses = optax.softmax_cross_entropy_with_integer_labels(out, y)
             correct = (jnp.argmax(out, axis=-1) == y).astype(jnp.float32)
         else:

@@ -17,6 +17,16 @@ _ONE_VJP_PER_EVAL = {"plain", "residual"}
 
 
 def _head_loss(model, label, classification):
+    if getattr(model, "per_node", False):  # node classification: labelled nodes only
+
+        def node_loss(z):
+            out = jax.vmap(model.head)(z)
+            valid = (label >= 0).astype(out.dtype)
+            per = optax.softmax_cross_entropy_with_integer_labels(out, jnp.maximum(label, 0))
+            return jnp.sum(per * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+
+        return node_loss
+
     def loss(z):
         if z.ndim > 1:
             z = jnp.mean(z, axis=tuple(range(1, z.ndim)))
