@@ -111,7 +111,18 @@ API_SECTIONS = {
             ],
         ),
         ("Adapters", ["add_adapters", "remove_adapters", "adapter_mask", "AdaptedField"]),
-        ("Models", ["build_classifier", "count_params", "Classifier", "Stem", "BODIES", "STEMS"]),
+        (
+            "Models",
+            [
+                "build_classifier",
+                "count_params",
+                "Classifier",
+                "SequenceClassifier",
+                "Stem",
+                "BODIES",
+                "STEMS",
+            ],
+        ),
     ],
     "resode.train": [
         (

@@ -22,7 +22,17 @@ SHAPES = {
     "stiff_linear": ((2,), "dynamics", 0),
     "sbm": ((300, 16), "classification", 3),  # one graph; labels per node, -1 outside the split
     "karate": ((34, 34), "classification", 2),
+    "retrieval": ((9, 16), "classification", 8),
 }
+
+
+def test_retrieval_label_is_the_value_of_the_query_key():
+    ds = data.load("retrieval", num_samples=200, seed=1)
+    tok = ds.x_train.argmax(-1)  # (n, 9) symbols
+    for row, label in zip(tok, ds.y_train, strict=True):
+        keys, values, query = row[0:-1:2], row[1:-1:2] - 8, row[-1]
+        assert len(set(keys)) == 4 and query in keys and np.all(keys < 8)
+        assert values[list(keys).index(query)] == label
 
 
 @pytest.fixture(autouse=True)

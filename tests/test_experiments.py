@@ -77,6 +77,7 @@ FIGURES = {
     "lipschitz_robustness": ["max_ratio_over_bound", "per_bound"],
     "adversarial_depth": ["per_model", "clean_accuracy_range", "max_violation"],
     "graph_oversmoothing": ["energy_error", "per_depth"],
+    "attention_scale": ["max_norm_over_bound", "attention_jacobian_norm", "per_alpha"],
     "domain_adapters": [
         "target_accuracy",
         "source_accuracy",
@@ -115,6 +116,7 @@ CHECK_KEYS = {"name", "kind", "claim", "expected", "measured", "tolerance", "hol
 # test-slow` runs them, so that `make test` stays well inside its 15 minutes.
 SLOW_QUICK = {
     "adversarial_depth",
+    "attention_scale",
     "anode",
     "continual_adapters",
     "residual_scale",
@@ -228,6 +230,11 @@ def test_quick_run_writes_its_summary_and_exact_checks_hold(name, tmp_path):
             marks=pytest.mark.slow,
         ),
         pytest.param(
+            "attention_scale",
+            ["alphas=[0.1,7]", "depth=3", "layer_norm=false", "width=6", "num_heads=3", "seed=2"],
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
             "graph_oversmoothing",
             ["depth=[1,3]", "eta=0.7", "graph_seed=2", "width=4", "steps=5", "seed=1"],
             marks=pytest.mark.slow,
@@ -265,6 +272,7 @@ def test_exact_expectations_come_from_the_parameters(tmp_path):
         (["domain_adapters", "shift=blur"], "shift"),
         (["adversarial_depth", "radius=0"], "radius"),
         (["graph_oversmoothing", "eta=1.5"], "eta"),
+        (["attention_scale", "num_heads=5"], "num_heads"),
         (["no_such_experiment"], "no_such_experiment"),
     ],
 )

@@ -76,6 +76,9 @@ def test_attention_field_is_a_prenorm_attention_block():
     y = jax.random.normal(KEY, (5, 8))
     h = jax.vmap(f.norm)(y)
     np.testing.assert_allclose(f(0.0, y), f.attention(h, h, h), rtol=1e-6)
+    raw = rn.AttentionField(8, 2, layer_norm=False, key=KEY)
+    assert raw.norm is None
+    np.testing.assert_allclose(raw(0.0, y), raw.attention(y, y, y), rtol=1e-6)
     with pytest.raises(ValueError, match="divisible"):
         rn.AttentionField(7, 2, key=KEY)
 
@@ -411,3 +414,17 @@ def test_trajectory_runs_from_input_to_output():
     ys = plain.trajectory(_y0())
     assert ys.shape == (4, DIM)
     np.testing.assert_allclose(ys[-1], plain(_y0())[0], rtol=1e-12)
+
+
+def test_sequence_classifier_reads_the_last_token():
+    body = rn.ResidualStack(
+        lambda k: rn.AttentionField(8, 2, zero_init=True, key=k), 2, key=KEY
+    )  # zero-initialised: the body starts as the identity
+    model = rn.SequenceClassifier(5, 4, 8, 3, body, key=KEY)
+    x = jax.random.normal(KEY, (4, 5))
+    emb = jax.vmap(model.embed)(x) + model.positions
+    np.testing.assert_allclose(model(x)[0], model.head(emb[-1]), rtol=1e-6)
+    mean = rn.SequenceClassifier(5, 4, 8, 3, body, readout="mean", key=KEY)
+    np.testing.assert_allclose(mean(x)[0], mean.head(emb.mean(0)), rtol=1e-6)
+    with pytest.raises(ValueError, match="readout"):
+        rn.SequenceClassifier(5, 4, 8, 3, body, readout="first", key=KEY)

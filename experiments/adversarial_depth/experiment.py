@@ -33,6 +33,7 @@ from resode.experiments import (
     fit_seeds,
     fmt_spread,
     plot_series,
+    require_at_least_one,
     seed_list,
     spread,
 )
@@ -72,9 +73,7 @@ QUICK = {"num_seeds": 1, "width": 8, "hidden": 8, "depth": 2, "steps": 20, "pgd_
 def validate(cfg: Config) -> None:
     if not cfg.radius > 0:
         raise ConfigError(f"radius: must be > 0, got {cfg.radius}.")
-    for key in ("pgd_steps", "num_seeds", "width", "hidden", "depth", "steps"):
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"{key}: must be >= 1, got {getattr(cfg, key)}.")
+    require_at_least_one(cfg, "pgd_steps", "num_seeds", "width", "hidden", "depth", "steps")
     if not cfg.lr > 0:
         raise ConfigError(f"lr: must be > 0, got {cfg.lr}.")
 

@@ -36,6 +36,7 @@ from resode.experiments import (
     held_out_accuracy,
     max_param_change,
     plot_series,
+    require_at_least_one,
     seed_list,
     spread,
 )
@@ -88,12 +89,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"shift: {cfg.shift!r} is not allowed; choose one of: {', '.join(SHIFTS)}."
         )
-    for key in ("target_labels", "num_seeds", "adapter_width", "width", "depth"):
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"{key}: must be >= 1, got {getattr(cfg, key)}.")
-    for key in ("steps_source", "steps_target"):
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"{key}: must be >= 1, got {getattr(cfg, key)}.")
+    require_at_least_one(
+        cfg, "target_labels", "num_seeds", "adapter_width", "width", "depth", "steps_source",
+        "steps_target",
+    )  # fmt: skip
     if not cfg.lr > 0:
         raise ConfigError(f"lr: must be > 0, got {cfg.lr}.")
     if not cfg.noise_std > 0:

@@ -30,6 +30,7 @@ from resode.experiments import (
     fit_seeds,
     fmt_spread,
     plot_series,
+    require_at_least_one,
     seed_list,
     spread,
 )
@@ -70,9 +71,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"depth: every depth must be an integer >= 1, got {cfg.depth!r}.")
     if not 0 < cfg.eta <= 1:
         raise ConfigError(f"eta: must be in (0, 1], got {cfg.eta}.")
-    for key in ("num_seeds", "width", "steps"):
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"{key}: must be >= 1, got {getattr(cfg, key)}.")
+    require_at_least_one(cfg, "num_seeds", "width", "steps")
     if not cfg.lr > 0:
         raise ConfigError(f"lr: must be > 0, got {cfg.lr}.")
 

@@ -382,6 +382,41 @@ def karate(*, per_class: int = 2, seed: int = 0) -> Dataset:
     )  # fmt: skip
 
 
+def retrieval(
+    *,
+    num_pairs: int = 4,
+    num_keys: int = 8,
+    num_values: int = 8,
+    num_samples: int = 3000,
+    seed: int = 0,
+) -> Dataset:
+    """Associative recall (a sequence task that needs attention): key-value pairs, then a query.
+
+    Each sequence holds `num_pairs` (key, value) pairs and then a query key; the label is the
+    value paired with the query.
+
+    Keys are distinct draws from `num_keys`, values from `num_values`; tokens are one-hot over the
+    ``num_keys + num_values`` symbols, so an input is ``(2 num_pairs + 1, num_keys + num_values)``
+    (the sequence axis first, as [`resode.nn.AttentionField`][] takes it). 80/20 split.
+    """
+    rng = np.random.default_rng(seed)
+    vocab = num_keys + num_values
+    keys = np.argsort(rng.random((num_samples, num_keys)), axis=1)[:, :num_pairs]
+    values = rng.integers(0, num_values, (num_samples, num_pairs))
+    which = rng.integers(0, num_pairs, num_samples)
+    tokens = np.empty((num_samples, 2 * num_pairs + 1), np.int64)
+    tokens[:, 0:-1:2] = keys
+    tokens[:, 1:-1:2] = num_keys + values
+    tokens[:, -1] = keys[np.arange(num_samples), which]
+    x = np.eye(vocab, dtype=np.float32)[tokens]
+    y = values[np.arange(num_samples), which].astype(np.int32)
+    n_train = int(0.8 * num_samples)
+    return Dataset(
+        "retrieval", "classification", num_values, x[:n_train], y[:n_train], x[n_train:],
+        y[n_train:], retrieval.__doc__.split("\n")[0].rstrip(","),
+    )  # fmt: skip
+
+
 DATASETS = {
     "digits": digits,
     "mnist1d": mnist1d,
@@ -394,6 +429,7 @@ DATASETS = {
     "stiff_linear": stiff_linear,
     "sbm": sbm,
     "karate": karate,
+    "retrieval": retrieval,
 }
 """Dataset names mapped to the functions that make them."""
 

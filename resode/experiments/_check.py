@@ -197,3 +197,13 @@ def max_param_change(a, b) -> float:
     return max(
         float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(pa, pb, strict=True)
     )
+
+
+def require_at_least_one(cfg, *keys: str) -> None:
+    """Raise `ConfigError` naming the first of `keys` whose value in `cfg` is below 1 (counts,
+    sizes, steps of an experiment's config)."""
+    from ..config import ConfigError
+
+    for key in keys:
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {getattr(cfg, key)}.")

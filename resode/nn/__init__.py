@@ -16,7 +16,15 @@ from ._fields import (
     normalized_laplacian,
     soft_threshold,
 )
-from ._models import BODIES, STEMS, Classifier, Stem, build_classifier, count_params
+from ._models import (
+    BODIES,
+    STEMS,
+    Classifier,
+    SequenceClassifier,
+    Stem,
+    build_classifier,
+    count_params,
+)
 from ._monotone_deq import MonotoneDEQ
 from ._ode import ODEBlock
 from ._spectral import (
@@ -36,6 +44,7 @@ __all__ = [
     "DEQ",
     "STEMS",
     "Classifier",
+    "SequenceClassifier",
     "FunctionField",
     "Stem",
     "build_classifier",

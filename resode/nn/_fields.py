@@ -333,20 +333,31 @@ class ConvField(AbstractVectorField):
 class AttentionField(AbstractVectorField):
     """The attention sub-block of a pre-norm transformer: ``MHA(LN(y + x))`` on ``(seq, dim)``.
 
-    With `time_dependent`, ``t`` is added to the normalised input as a constant feature shift.
-    `zero_init` zeroes the output projection (the block starts as the identity).
+    With ``layer_norm=False`` the normalisation is left out, ``MHA(y + x)`` (the attention then
+    sees the raw state, whose scale grows along a residual stack). With `time_dependent`, ``t`` is
+    added to the (normalised) input as a constant feature shift. `zero_init` zeroes the output
+    projection (the block starts as the identity).
     """
 
-    norm: eqx.nn.LayerNorm
+    norm: eqx.nn.LayerNorm | None
     attention: eqx.nn.MultiheadAttention
     time_dependent: bool = eqx.field(static=True)
 
-    def __init__(self, dim: int, num_heads: int, *, time_dependent=False, zero_init=False, key):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        time_dependent=False,
+        zero_init=False,
+        layer_norm: bool = True,
+        key,
+    ):
         if dim % num_heads:
             raise ValueError(
                 f"AttentionField: `dim` ({dim}) must be divisible by `num_heads` ({num_heads})."
             )
-        self.norm = eqx.nn.LayerNorm(dim)
+        self.norm = eqx.nn.LayerNorm(dim) if layer_norm else None
         attention = eqx.nn.MultiheadAttention(num_heads, dim, key=key)
         if zero_init:
             attention = eqx.tree_at(
@@ -356,7 +367,9 @@ class AttentionField(AbstractVectorField):
         self.time_dependent = time_dependent
 
     def __call__(self, t, y: Float[Array, "seq dim"], args=None) -> Float[Array, "seq dim"]:
-        h = jax.vmap(self.norm)(_inject(y, args))
+        h = _inject(y, args)
+        if self.norm is not None:
+            h = jax.vmap(self.norm)(h)
         if self.time_dependent:
             h = h + jnp.asarray(t, h.dtype)
         return self.attention(h, h, h)

@@ -100,6 +100,59 @@ class Classifier(eqx.Module):
         return y, diag
 
 
+class SequenceClassifier(eqx.Module):
+    """Token embedding, a body on ``(seq, width)`` states, a linear head on one readout.
+
+    ``head(readout(body(embed(x) + positions)))`` for inputs ``(seq, in_features)`` (e.g. one-hot
+    tokens): `embed` is linear per token, `positions` a learned ``(seq, width)`` embedding; `body`
+    any residual body on sequences, e.g. a [`ResidualStack`][] of [`AttentionField`][]s (or None);
+    `readout` ``"last"`` (the last token's state: a query at the end) or ``"mean"`` (the average
+    over tokens). Called like [`Classifier`][]: ``model(x, key=None, inference=False) ->
+    (logits, Diagnostics)``, on one example.
+    """
+
+    embed: eqx.nn.Linear
+    positions: Array
+    body: eqx.Module | None
+    head: eqx.nn.Linear
+    readout: str = eqx.field(static=True)
+
+    def __init__(
+        self,
+        in_features: int,
+        seq_len: int,
+        width: int,
+        num_classes: int,
+        body=None,
+        *,
+        readout: str = "last",
+        key: PRNGKeyArray,
+    ):
+        if readout not in ("last", "mean"):
+            raise ValueError(
+                f"SequenceClassifier: `readout` must be 'last' or 'mean', got {readout!r}."
+            )
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.embed = eqx.nn.Linear(in_features, width, key=k1)
+        self.positions = 0.1 * jax.random.normal(k2, (seq_len, width))
+        self.body = body
+        self.head = eqx.nn.Linear(width, num_classes, key=k3)
+        self.readout = readout
+
+    def features(self, x: Array, *, key=None, inference: bool = False):
+        """The readout state the head sees and the body's `Diagnostics`."""
+        y = jax.vmap(self.embed)(x) + self.positions.astype(x.dtype)
+        if self.body is None:
+            diag = Diagnostics.explicit(0, y.dtype)
+        else:
+            y, diag = self.body(y, key=key, inference=inference)
+        return (y[-1] if self.readout == "last" else jnp.mean(y, axis=0)), diag
+
+    def __call__(self, x: Array, *, key=None, inference: bool = False):
+        y, diag = self.features(x, key=key, inference=inference)
+        return self.head(y), diag
+
+
 def count_params(model) -> int:
     """Number of trainable entries of a model: its floating-point arrays, less its buffers
     (graph Laplacians, power-iteration vectors; see [`buffer_mask`][])."""
