@@ -311,3 +311,17 @@ def test_spectral_config_errors_name_the_key():
         load_config(None, ["model.body.spectral_bound=1", "model.body.spectral_method=svd"])
     with pytest.raises(ConfigError, match=r"^model\.body\.spectral_bound: kind 'none'"):
         load_config(None, ["model.body.kind=none", "model.body.spectral_bound=1"])
+
+
+def test_graph_field_constant_covers_both_operators():
+    A = jnp.asarray(load("karate").adjacency)
+    L = rn.normalized_laplacian(A + jnp.eye(34))
+    for operator in ("laplacian", "adjacency"):
+        f = rn.GraphField(4, L, operator=operator, activation=jnp.tanh, key=jax.random.PRNGKey(2))
+        op = L if operator == "laplacian" else jnp.eye(34) - L
+        expected = np.linalg.norm(np.asarray(op), 2) * np.linalg.norm(np.asarray(f.weight), 2)
+        np.testing.assert_allclose(float(ra.lipschitz_constant(f)), expected, rtol=1e-10)
+        ka, kb = jax.random.split(jax.random.PRNGKey(3))
+        a, b = jax.random.normal(ka, (34, 4)), jax.random.normal(kb, (34, 4))
+        ratio = jnp.linalg.norm(f(0.0, a) - f(0.0, b)) / jnp.linalg.norm(a - b)
+        assert float(ratio) <= expected * (1 + 1e-12)
