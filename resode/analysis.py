@@ -297,14 +297,15 @@ def stack_lipschitz_bound(stack: ResidualStack, *, spatial_shape=None) -> Array:
     return jnp.prod(jnp.broadcast_to(per_step, (stack.num_steps,)))
 
 
-def lipschitz_bound(field, h: float) -> Array:
+def lipschitz_bound(field, h: float, *, spatial_shape=None) -> Array:
     r"""Upper bound $1 + hK$ on the Lipschitz constant of an Euler residual step ``y + h f(y)``.
 
-    K is [`lipschitz_constant`][] of the field (for a stacked, untied field, one bound per step).
+    K is [`lipschitz_constant`][] of the field (for a stacked, untied field, one bound per step;
+    `spatial_shape`: the state's spatial sizes, for a conv field without `spectral_shape`).
     For other schemes, one-sided bounds and whole stacks see [`step_lipschitz_bound`][] and
     [`stack_lipschitz_bound`][].
     """
-    return 1.0 + h * lipschitz_constant(field)
+    return 1.0 + h * lipschitz_constant(field, spatial_shape=spatial_shape)
 
 
 def _check_one_lipschitz(activation) -> None:

@@ -73,7 +73,12 @@ def test_lipschitz_bound_bounds_the_residual_step():
         rtol=1e-5,
     )
     with pytest.raises(TypeError, match="spectral_norm"):
+        analysis.lipschitz_bound(rn.AttentionField(4, 2, key=KEY), 0.1)
+    with pytest.raises(ValueError, match="spatial_shape"):  # a conv needs the state's size
         analysis.lipschitz_bound(rn.ConvField(1, 2, key=KEY), 0.1)
+    assert (
+        float(analysis.lipschitz_bound(rn.ConvField(1, 2, key=KEY), 0.1, spatial_shape=(4, 4))) > 1
+    )
 
 
 @pytest.mark.parametrize(
