@@ -38,6 +38,8 @@ __all__ = [
     "stack_lipschitz_bound",
     "gradient_flow",
     "gradient_fidelity",
+    "segmentation_scores",
+    "label_boundaries",
 ]
 
 _ONE_LIPSCHITZ = {
@@ -378,3 +380,49 @@ def gradient_fidelity(deq: DEQ, xs: Array, loss_fn, adjoints=("jfb", "phantom"))
         label = name if isinstance(name, str) else type(name).__name__
         out[label] = {"cosine": float(cosine), "relative_error": float(rel)}
     return out
+
+
+def label_boundaries(labels) -> np.ndarray:
+    """Pixels of label maps ``(..., height, width)`` whose label differs from one of their four
+    neighbours (True), the fine detail a segmentation has to place."""
+    y = np.asarray(labels)
+    edge = np.zeros(y.shape, bool)
+    vertical = y[..., 1:, :] != y[..., :-1, :]
+    horizontal = y[..., :, 1:] != y[..., :, :-1]
+    edge[..., 1:, :] |= vertical
+    edge[..., :-1, :] |= vertical
+    edge[..., :, 1:] |= horizontal
+    edge[..., :, :-1] |= horizontal
+    return edge
+
+
+def segmentation_scores(pred, labels, num_classes: int, *, ignore=(0,)) -> dict:
+    """Scores of per-pixel class predictions `pred` against `labels` (integer maps of the same
+    shape, e.g. ``(examples, height, width)``; labels below 0 are not scored).
+
+    Returns ``iou`` (per class: intersection over union, pooled over all pixels; None for a
+    class absent from both), ``mean_iou`` (over the classes not in `ignore`, default the
+    background 0, that occur), ``pixel_accuracy``, and ``boundary_accuracy`` (accuracy on the
+    pixels of [`label_boundaries`][]: does the prediction place the edges).
+    """
+    p, y = np.asarray(pred), np.asarray(labels)
+    if p.shape != y.shape:
+        raise ValueError(
+            f"segmentation_scores: `pred` {p.shape} and `labels` {y.shape} must have one shape."
+        )
+    valid = y >= 0
+    iou = []
+    for c in range(num_classes):
+        inter = np.sum((p == c) & (y == c) & valid)
+        union = np.sum(((p == c) | (y == c)) & valid)
+        iou.append(float(inter / union) if union else None)
+    scored = [v for c, v in enumerate(iou) if c not in ignore and v is not None]
+    edge = label_boundaries(y) & valid
+    return {
+        "iou": iou,
+        "mean_iou": float(np.mean(scored)) if scored else None,
+        "pixel_accuracy": float(np.sum((p == y) & valid) / max(int(np.sum(valid)), 1)),
+        "boundary_accuracy": (
+            float(np.sum((p == y) & edge) / np.sum(edge)) if np.any(edge) else None
+        ),
+    }

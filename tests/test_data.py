@@ -23,6 +23,7 @@ SHAPES = {
     "sbm": ((300, 16), "classification", 3),  # one graph; labels per node, -1 outside the split
     "karate": ((34, 34), "classification", 2),
     "retrieval": ((9, 16), "classification", 8),
+    "shapes": ((1, 24, 24), "classification", 4),
 }
 
 

@@ -3,6 +3,7 @@
 from ._dataset import Dataset, batch_indices
 from ._sets import (
     DATASETS,
+    SHAPE_CLASSES,
     concentric_spheres,
     crossing1d,
     digits,
@@ -15,6 +16,7 @@ from ._sets import (
     mnist1d,
     retrieval,
     sbm,
+    shapes,
     spirals,
     stiff_linear,
     van_der_pol,
@@ -35,7 +37,9 @@ __all__ = [
     "lotka_volterra",
     "mnist1d",
     "retrieval",
+    "SHAPE_CLASSES",
     "sbm",
+    "shapes",
     "spirals",
     "stiff_linear",
     "van_der_pol",
