@@ -57,12 +57,15 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class DataConfig:
-    """`data.*`: the dataset (a name of [`resode.data.list_datasets`][]), the batch size, and the
-    seed that fixes the train/test split or the generated set."""
+    """`data.*`: the dataset (a name of [`resode.data.list_datasets`][]), the batch size, the
+    seed that fixes the train/test split or the generated set, and `options`: further keyword
+    options of the set's maker (e.g. ``{num_samples: 20000}`` for `retrieval`, ``{size: 32}`` for
+    `shapes`; see [`resode.data`][] for each set's options)."""
 
     name: str = "digits"
     batch_size: int = 128
     seed: int = 0  # fixes the train/test split or the generated set
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # the set's own options
 
 
 @dataclasses.dataclass
@@ -113,13 +116,27 @@ class BodyConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    """`model.*`: the stem (`mlp`, `conv1d`, `conv2d`), the state width, the body, and optional
-    residual adapters (`adapter_hidden`, see [`resode.nn.add_adapters`][])."""
+    """`model.*`: the family or stem (`mlp`, `conv1d`, `conv2d`, `graph`, `unet`,
+    `transformer`), the state width, the body, and optional residual adapters (`adapter_hidden`,
+    see [`resode.nn.add_adapters`][]).
+
+    A `unet` (dense prediction, [`resode.nn.UNet`][]) takes `levels` (default 2) and
+    `long_skips` (default true); its short skips are `body.kind` residual (none with plain). A
+    `transformer` ([`resode.nn.TransformerEncoder`][] in a [`resode.nn.SequenceClassifier`][])
+    takes `heads` (default 4), `norm` (`pre`, the default, `post` or `none`) and `readout`
+    (`last`, the default, or `mean`), and `body.num_steps` layers, `body.hidden` (MLP width),
+    `body.alpha` and `body.learn_alpha`. These keys are refused for other families.
+    """
 
     stem: str = "mlp"
     width: int = 64
     body: BodyConfig = dataclasses.field(default_factory=BodyConfig)
     adapter_hidden: int | None = None  # residual adapters beside the body's field(s), this wide
+    levels: int | None = None  # unet: resolutions below the input (default 2)
+    long_skips: bool | None = None  # unet: encoder-decoder skips (default true)
+    heads: int | None = None  # transformer: attention heads (default 4)
+    norm: str | None = None  # transformer: pre | post | none (default pre)
+    readout: str | None = None  # transformer: last | mean (default last)
 
 
 @dataclasses.dataclass
@@ -253,8 +270,10 @@ def validate(cfg: Config) -> None:
     """Check choices and ranges that types alone cannot; raises [`ConfigError`][]."""
     _choice("data.name", cfg.data.name, list_datasets())
     _positive("data.batch_size", cfg.data.batch_size)
+    _data_options(cfg.data)
     _choice("model.stem", cfg.model.stem, STEMS)
     _positive("model.width", cfg.model.width)
+    _family_keys(cfg.model)
     body = cfg.model.body
     _choice("model.body.kind", body.kind, BODIES)
     _choice("model.body.scheme", body.scheme, list_schemes())
@@ -370,6 +389,76 @@ def validate(cfg: Config) -> None:
         from .sweep import expand_sweep  # (imports this module)
 
         expand_sweep(cfg.sweep)
+
+
+def _data_options(data: DataConfig) -> None:
+    """`data.options` must name options of the set's maker (not its seed: `data.seed`)."""
+    import inspect
+
+    from .data import DATASETS
+
+    if not data.options or data.name not in DATASETS:
+        return
+    accepted = [p for p in inspect.signature(DATASETS[data.name]).parameters if p != "seed"]
+    for key in data.options:
+        if key not in accepted:
+            hint = "use data.seed" if key == "seed" else f"its options: {', '.join(accepted)}"
+            raise ConfigError(f"data.options.{key}: {data.name!r} has no such option; {hint}.")
+
+
+_FAMILY_KEYS = {"levels": "unet", "long_skips": "unet", "heads": "transformer",
+                "norm": "transformer", "readout": "transformer"}  # fmt: skip
+
+
+def _family_keys(model: ModelConfig) -> None:
+    """The keys of the unet and transformer families: range checks, and refused elsewhere."""
+    from .nn._transformer import NORMS
+
+    for key, family in _FAMILY_KEYS.items():
+        if getattr(model, key) is not None and model.stem != family:
+            raise ConfigError(
+                f"model.{key}: only model.stem {family!r} has it, got stem {model.stem!r}."
+            )
+    if model.levels is not None:
+        _positive("model.levels", model.levels)
+    if model.heads is not None:
+        _positive("model.heads", model.heads)
+        if model.width % model.heads:
+            raise ConfigError(
+                f"model.heads: must divide model.width ({model.width}), got {model.heads}."
+            )
+    elif model.stem == "transformer" and model.width % 4:
+        raise ConfigError(
+            f"model.heads: the default 4 heads must divide model.width, got width {model.width}."
+        )
+    if model.norm is not None:
+        _choice("model.norm", model.norm, NORMS)
+    if model.readout is not None:
+        _choice("model.readout", model.readout, ("last", "mean"))
+    body = model.body
+    if model.stem == "transformer":
+        if body.kind != "residual":
+            raise ConfigError(
+                f"model.body.kind: a transformer is a residual stack ('residual'), got "
+                f"{body.kind!r}."
+            )
+        for key, value, default in (
+            ("scheme", body.scheme, "euler"),
+            ("tied", body.tied, False),
+            ("drop_rate", body.drop_rate, 0.0),
+            ("reversible", body.reversible, None),
+            ("zero_init", body.zero_init, False),
+            ("spectral_bound", body.spectral_bound, None),
+        ):
+            if value != default:
+                raise ConfigError(
+                    f"model.body.{key}: the transformer family has no {key} (keep {default!r}), "
+                    f"got {value!r}."
+                )
+    if model.stem in ("unet", "transformer") and model.adapter_hidden is not None:
+        raise ConfigError(
+            f"model.adapter_hidden: adapters are not available for model.stem {model.stem!r}."
+        )
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -23,7 +23,9 @@ from ._models import (
     SequenceClassifier,
     Stem,
     build_classifier,
+    call_body,
     count_params,
+    make_body,
 )
 from ._monotone_deq import MonotoneDEQ
 from ._ode import ODEBlock
@@ -34,6 +36,8 @@ from ._spectral import (
     update_spectral_state,
 )
 from ._stack import ResidualStack
+from ._transformer import NORMS, TransformerBlock, TransformerEncoder
+from ._unet import UNet, combine_diagnostics
 
 __all__ = [
     "AdaptedField",
@@ -67,4 +71,11 @@ __all__ = [
     "conv_symbol_norm",
     "buffer_mask",
     "update_spectral_state",
+    "make_body",
+    "call_body",
+    "combine_diagnostics",
+    "UNet",
+    "NORMS",
+    "TransformerBlock",
+    "TransformerEncoder",
 ]

@@ -16,8 +16,10 @@ from ._monotone_deq import MonotoneDEQ
 from ._ode import ODEBlock
 from ._stack import ResidualStack
 
-STEMS = ("mlp", "conv1d", "conv2d", "graph")
-"""The stems of [`build_classifier`][] (and `model.stem` of a config)."""
+STEMS = ("mlp", "conv1d", "conv2d", "graph", "unet", "transformer")
+"""The stems (model families) of [`build_classifier`][] (and `model.stem` of a config): a stem,
+one body and a head (mlp, conv1d, conv2d, graph), a [`UNet`][] encoder-decoder (unet), or a
+[`SequenceClassifier`][] over a [`TransformerEncoder`][] (transformer)."""
 BODIES = ("none", "plain", "residual", "implicit", "deq", "monotone_deq", "ode")
 """The body kinds of [`build_classifier`][] (and `model.body.kind` of a config)."""
 
@@ -59,6 +61,9 @@ class Stem(eqx.Module):
         self.activation = activation
 
     def __call__(self, x: Array) -> Array:
+        # Promote the input to the weights' dtype (a convolution, unlike a matrix product, needs
+        # both in one dtype: float32 data with float64 weights under x64).
+        x = x.astype(jnp.result_type(x, self.layer.weight))
         if isinstance(self.layer, eqx.nn.Linear) and not self.flatten:  # per node of a graph
             return self.activation(jax.vmap(self.layer)(x))
         return self.activation(self.layer(x.reshape(-1) if self.flatten else x))
@@ -86,15 +91,7 @@ class Classifier(eqx.Module):
     def features(self, x: Array, *, key=None, inference: bool = False):
         """The head's input (the body's output, spatial axes averaged) and the body's
         `Diagnostics`: the representation a domain gap or a probe is measured on."""
-        y = self.stem(x)
-        if self.body_kind == "none":
-            diag = Diagnostics.explicit(0, y.dtype)
-        elif self.body_kind in ("deq", "monotone_deq"):
-            y, diag = self.body(y, inference=inference)
-        elif self.body_kind == "ode":
-            y, diag = self.body(y)
-        else:
-            y, diag = self.body(y, key=key, inference=inference)
+        y, diag = call_body(self.body_kind, self.body, self.stem(x), key=key, inference=inference)
         if y.ndim > 1 and not self.per_node:
             y = jnp.mean(y, axis=tuple(range(1, y.ndim)))
         return y, diag
@@ -153,6 +150,102 @@ class SequenceClassifier(eqx.Module):
         return self.head(y), diag
 
 
+def make_body(
+    body: str,
+    make_field: Callable[[PRNGKeyArray], eqx.Module],
+    *,
+    width: int,
+    spatial_shape: tuple[int, ...] | None,
+    graph: bool = False,
+    scheme: str | None = None,
+    num_steps: int = 4,
+    tied: bool = False,
+    solver=None,
+    adjoint="implicit",
+    tol: float = 1e-4,
+    max_steps: int = 30,
+    ode_solver: str = "tsit5",
+    ode_adjoint: str = "recursive_checkpoint",
+    root=None,
+    rtol: float = 1e-3,
+    atol: float = 1e-6,
+    drop_rate: float = 0.0,
+    alpha: float = 1.0,
+    learn_alpha: bool = False,
+    reversible=None,
+    gamma: float = 0.9,
+    learn_gamma: bool = False,
+    monotonicity: float = 0.1,
+    splitting_alpha: float | None = None,
+    key: PRNGKeyArray,
+):
+    """One body of kind `body` (see [`build_classifier`][] for the kinds and options) over the
+    fields `make_field` builds, on states of `width` channels and spatial shape `spatial_shape`
+    (None for vectors and graphs). None for ``body="none"``. Used by [`build_classifier`][] and,
+    once per resolution, by [`UNet`][]."""
+    if body not in BODIES:
+        raise ValueError(f"Unknown body {body!r}. Valid: {', '.join(BODIES)}.")
+    if body == "none":
+        return None
+    if body in ("plain", "residual", "implicit"):
+        default = {"plain": "euler", "residual": "euler", "implicit": "backward_euler"}[body]
+        module = ResidualStack(
+            make_field,
+            num_steps,
+            scheme=scheme or default,
+            tied=tied,
+            skip=body != "plain",
+            drop_rate=drop_rate,
+            alpha=alpha,
+            learn_alpha=learn_alpha,
+            root=root,
+            reversible=reversible if body == "residual" else None,
+            gamma=gamma,
+            learn_gamma=learn_gamma and body == "residual",
+            key=key,
+        )
+        if body == "implicit" and not module.scheme.implicit:
+            raise ValueError(f"body='implicit' needs an implicit scheme, got {scheme!r}.")
+        if body == "residual" and module.scheme.implicit:
+            raise ValueError(f"body='residual' needs an explicit scheme, got {scheme!r}.")
+        return module
+    if body == "deq":
+        return DEQ(
+            make_field(key),
+            solver=solver or "anderson",
+            adjoint=adjoint,
+            tol=tol,
+            max_steps=max_steps,
+        )
+    if body == "monotone_deq":
+        if graph:
+            raise ValueError("build_classifier: a monotone_deq body has no graph form.")
+        splitting = resolve_splitting(solver or "peaceman_rachford")
+        if splitting_alpha is not None:
+            splitting = dataclasses.replace(splitting, alpha=splitting_alpha)
+        return MonotoneDEQ(
+            width,
+            spatial_shape=spatial_shape,
+            monotonicity=monotonicity,
+            solver=splitting,
+            tol=tol,
+            max_steps=max_steps,
+            key=key,
+        )
+    return ODEBlock(make_field(key), solver=ode_solver, adjoint=ode_adjoint, rtol=rtol, atol=atol)
+
+
+def call_body(kind: str, body, y: Array, *, key=None, inference: bool = False):
+    """``(body(y), Diagnostics)`` for a body made by [`make_body`][] (None: the identity)."""
+    if kind == "none":
+        return y, Diagnostics.explicit(0, y.dtype)
+    if kind in ("deq", "monotone_deq"):
+        return body(y, inference=inference)
+    if kind == "ode":
+        return body(y)
+    return body(y, key=key, inference=inference)
+
+
 def count_params(model) -> int:
     """Number of trainable entries of a model: its floating-point arrays, less its buffers
     (graph Laplacians, power-iteration vectors; see [`buffer_mask`][])."""
@@ -200,8 +293,13 @@ def build_classifier(
     spectral_method: str = "exact",
     adjacency=None,
     graph_operator: str | None = None,
+    levels: int = 2,
+    long_skips: bool = True,
+    num_heads: int = 4,
+    norm: str = "pre",
+    readout: str = "last",
     key: PRNGKeyArray,
-) -> Classifier:
+):
     """A classifier whose body is any kind of depth over one field family.
 
     The field is an `MLPField` (mlp stem) or a `ConvField` (conv stems) of state size `width` and
@@ -224,9 +322,49 @@ def build_classifier(
     the default except in plain bodies), ``"adjacency"`` the GCN propagation
     ``tanh((I - L) X W)`` (the default of plain bodies). Use
     [`count_params`][] to match parameter counts across bodies (e.g. by choosing `hidden`).
+
+    Two other families: ``stem="unet"`` returns a [`UNet`][] (dense prediction on images
+    ``(channels, height, width)``: per-pixel logits; `levels` resolutions, `long_skips`, the
+    body kind and its options at every level; short skips are ``body="residual"``, none with
+    ``body="plain"``); ``stem="transformer"`` returns a [`SequenceClassifier`][] over a
+    [`TransformerEncoder`][] of `num_steps` layers (inputs ``(seq, features)``; `num_heads`,
+    `norm` pre | post | none, MLP width `hidden` (default ``2 width``), `alpha`, `learn_alpha`,
+    `readout` last | mean; `body` must be ``"residual"``).
     """
     if body not in BODIES:
         raise ValueError(f"Unknown body {body!r}. Valid: {', '.join(BODIES)}.")
+    if stem == "transformer":
+        from ._transformer import TransformerEncoder
+
+        if body != "residual":
+            raise ValueError(
+                f"build_classifier: a transformer stem is a residual stack, got body {body!r}."
+            )
+        if len(in_shape) != 2:
+            raise ValueError(
+                f"Stem 'transformer' needs inputs of shape (seq, features), got {in_shape}."
+            )
+        k_enc, k_seq = jax.random.split(key)
+        encoder = TransformerEncoder(
+            width, num_heads, num_steps, norm=norm, hidden=hidden, alpha=alpha,
+            learn_alpha=learn_alpha, key=k_enc,
+        )  # fmt: skip
+        return SequenceClassifier(
+            in_shape[1], in_shape[0], width, num_classes, encoder, readout=readout, key=k_seq
+        )
+    if stem == "unet":
+        from ._unet import UNet
+
+        return UNet(
+            in_shape, num_classes, width=width, hidden=hidden, levels=levels,
+            long_skips=long_skips, body=body, zero_init=zero_init,
+            spectral_bound=spectral_bound, spectral_method=spectral_method, scheme=scheme,
+            num_steps=num_steps, tied=tied, solver=solver, adjoint=adjoint, tol=tol,
+            max_steps=max_steps, ode_solver=ode_solver, ode_adjoint=ode_adjoint, root=root,
+            rtol=rtol, atol=atol, drop_rate=drop_rate, alpha=alpha, learn_alpha=learn_alpha,
+            reversible=reversible, gamma=gamma, learn_gamma=learn_gamma,
+            monotonicity=monotonicity, splitting_alpha=splitting_alpha, key=key,
+        )  # fmt: skip
     hidden = width if hidden is None else hidden
     k_stem, k_body, k_head = jax.random.split(key, 3)
     stem_module = Stem(stem, in_shape, width, key=k_stem)
@@ -263,55 +401,33 @@ def build_classifier(
             key=k,
         )
 
-    if body == "none":
-        body_module = None
-    elif body in ("plain", "residual", "implicit"):
-        default = {"plain": "euler", "residual": "euler", "implicit": "backward_euler"}[body]
-        body_module = ResidualStack(
-            make_field,
-            num_steps,
-            scheme=scheme or default,
-            tied=tied,
-            skip=body != "plain",
-            drop_rate=drop_rate,
-            alpha=alpha,
-            learn_alpha=learn_alpha,
-            root=root,
-            reversible=reversible if body == "residual" else None,
-            gamma=gamma,
-            learn_gamma=learn_gamma and body == "residual",
-            key=k_body,
-        )
-        if body == "implicit" and not body_module.scheme.implicit:
-            raise ValueError(f"body='implicit' needs an implicit scheme, got {scheme!r}.")
-        if body == "residual" and body_module.scheme.implicit:
-            raise ValueError(f"body='residual' needs an explicit scheme, got {scheme!r}.")
-    elif body == "deq":
-        body_module = DEQ(
-            make_field(k_body),
-            solver=solver or "anderson",
-            adjoint=adjoint,
-            tol=tol,
-            max_steps=max_steps,
-        )
-    elif body == "monotone_deq":
-        if stem == "graph":
-            raise ValueError("build_classifier: a monotone_deq body has no graph form.")
-        splitting = resolve_splitting(solver or "peaceman_rachford")
-        if splitting_alpha is not None:
-            splitting = dataclasses.replace(splitting, alpha=splitting_alpha)
-        body_module = MonotoneDEQ(
-            width,
-            spatial_shape=None if stem in ("mlp", "graph") else tuple(in_shape[1:]),
-            monotonicity=monotonicity,
-            solver=splitting,
-            tol=tol,
-            max_steps=max_steps,
-            key=k_body,
-        )
-    else:
-        body_module = ODEBlock(
-            make_field(k_body), solver=ode_solver, adjoint=ode_adjoint, rtol=rtol, atol=atol
-        )
+    body_module = make_body(
+        body,
+        make_field,
+        width=width,
+        spatial_shape=None if stem in ("mlp", "graph") else tuple(in_shape[1:]),
+        graph=stem == "graph",
+        scheme=scheme,
+        num_steps=num_steps,
+        tied=tied,
+        solver=solver,
+        adjoint=adjoint,
+        tol=tol,
+        max_steps=max_steps,
+        ode_solver=ode_solver,
+        ode_adjoint=ode_adjoint,
+        root=root,
+        rtol=rtol,
+        atol=atol,
+        drop_rate=drop_rate,
+        alpha=alpha,
+        learn_alpha=learn_alpha,
+        reversible=reversible,
+        gamma=gamma,
+        learn_gamma=learn_gamma,
+        monotonicity=monotonicity,
+        splitting_alpha=splitting_alpha,
+        key=k_body,
+    )
     head = eqx.nn.Linear(width, num_classes, key=k_head)
     return Classifier(stem_module, body_module, head, body, per_node=stem == "graph")

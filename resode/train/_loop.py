@@ -112,7 +112,25 @@ def check_dataset(cfg: Config, data: Dataset, num_devices: int, *, own_model: bo
         )
     if not own_model and graph_data and cfg.model.body.kind == "monotone_deq":
         raise ConfigError("model.body.kind: 'monotone_deq' has no graph form; use deq.")
-    stem_dims = {"mlp": None, "conv1d": 2, "conv2d": 3, "graph": 2}[cfg.model.stem]
+    dense = data.task == "classification" and data.y_train.ndim > 1 and not graph_data
+    if not own_model and dense != (cfg.model.stem == "unet"):
+        raise ConfigError(
+            f"model.stem: {data.name!r} has a label per pixel (dense prediction), which needs "
+            f"model.stem=unet, got {cfg.model.stem!r}."
+            if dense
+            else f"model.stem: 'unet' predicts a label per pixel; {data.name!r} has one label "
+            "per example (use a dense set: shapes)."
+        )
+    if not own_model and cfg.model.stem == "unet":
+        levels = 2 if cfg.model.levels is None else cfg.model.levels
+        if any(n % 2**levels for n in data.input_shape[1:]):
+            raise ConfigError(
+                f"model.levels: {levels} levels halve the image {levels} times, so its sides "
+                f"{data.input_shape[1:]} must be divisible by {2**levels}."
+            )
+    stem_dims = {"mlp": None, "conv1d": 2, "conv2d": 3, "graph": 2, "unet": 3, "transformer": 2}[
+        cfg.model.stem
+    ]
     if not own_model and stem_dims is not None and len(data.input_shape) != stem_dims:
         raise ConfigError(
             f"model.stem: {cfg.model.stem!r} needs inputs of {stem_dims} axes (channels first); "
@@ -169,6 +187,11 @@ def build_model(cfg: Config, data: Dataset, key: PRNGKeyArray | None = None):
         spectral_method=body.spectral_method,
         adjacency=data.adjacency,
         graph_operator=body.graph_operator,
+        levels=2 if cfg.model.levels is None else cfg.model.levels,
+        long_skips=True if cfg.model.long_skips is None else cfg.model.long_skips,
+        num_heads=4 if cfg.model.heads is None else cfg.model.heads,
+        norm=cfg.model.norm or "pre",
+        readout=cfg.model.readout or "last",
         key=key,
     )
 

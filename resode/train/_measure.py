@@ -8,6 +8,7 @@ import numpy as np
 import optax
 
 from ..analysis import gradient_flow
+from ..nn import Classifier
 from ..solvers import JFB, BackwardStats, ImplicitAdjoint, Phantom, backward_probe
 from ..stepping._rk import implicit_vjp_counts
 
@@ -91,8 +92,10 @@ def measure_body(model, x, y, *, classification: bool) -> dict:
       forward evaluation; None where it is not observed (the unrolled DEQ adjoint and the
       backsolve ODE adjoint).
     """
-    kind = model.body_kind
     out = {"grad_flow": None, "backward_vjps": None}
+    if not isinstance(model, Classifier):  # a UNet, a sequence model: several bodies or none
+        return out
+    kind = model.body_kind
     if kind in ("plain", "residual", "implicit"):
         ratios = _grad_ratios(model, jnp.asarray(x), jnp.asarray(y), classification)
         out["grad_flow"] = float(np.median(np.asarray(ratios)))

@@ -124,7 +124,7 @@ def train_run(
             if summary.get("status") == "finished":
                 say(f"{run_dir}: already finished ({summary['steps']} steps).")
                 return summary
-    data = load(cfg.data.name, seed=cfg.data.seed)
+    data = load(cfg.data.name, seed=cfg.data.seed, **cfg.data.options)
     trainer = Trainer(cfg, data, devices=devices)  # checks the config against data and devices
     if _is_main() and not (run_dir / CONFIG).exists():
         run_dir.mkdir(parents=True, exist_ok=True)
