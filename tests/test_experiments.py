@@ -78,6 +78,7 @@ FIGURES = {
     "adversarial_depth": ["per_model", "clean_accuracy_range", "max_violation"],
     "graph_oversmoothing": ["energy_error", "per_depth"],
     "attention_scale": ["max_norm_over_bound", "attention_jacobian_norm", "per_alpha"],
+    "unet_skips": ["per_variant", "num_params", "identity_error"],
     "domain_adapters": [
         "target_accuracy",
         "source_accuracy",
@@ -129,6 +130,7 @@ SLOW_QUICK = {
     "monotone_deq",
     "reversible_memory",
     "stochastic_depth",
+    "unet_skips",
 }
 
 
@@ -240,6 +242,11 @@ def test_quick_run_writes_its_summary_and_exact_checks_hold(name, tmp_path):
             marks=pytest.mark.slow,
         ),
         pytest.param(
+            "unet_skips",
+            ["depth=1", "levels=1", "size=8", "width=3", "num_samples=40", "steps=3", "seed=2"],
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
             "domain_adapters",
             ["shift=noise", "noise_std=0.3", "target_labels=30", "adapter_width=3", "seed=3"],
             marks=pytest.mark.slow,
@@ -273,6 +280,7 @@ def test_exact_expectations_come_from_the_parameters(tmp_path):
         (["adversarial_depth", "radius=0"], "radius"),
         (["graph_oversmoothing", "eta=1.5"], "eta"),
         (["attention_scale", "num_heads=5"], "num_heads"),
+        (["unet_skips", "size=6"], "size"),
         (["no_such_experiment"], "no_such_experiment"),
     ],
 )
