@@ -86,7 +86,14 @@ HEAVY = {
 
 def pytest_collection_modifyitems(config, items):
     slow = pytest.mark.slow
+    seen = set()
     for item in items:
         nodeid = item.nodeid.removeprefix("tests/")
         if nodeid in HEAVY:
             item.add_marker(slow)
+            seen.add(nodeid)
+    # On a whole-suite run every listed id must still name a test: a renamed test or a shifted
+    # parameter id would otherwise fall back into `make test` unnoticed.
+    if not config.option.file_or_dir and not config.option.keyword and seen != HEAVY:
+        stale = sorted(HEAVY - seen)
+        raise pytest.UsageError(f"tests/conftest.py HEAVY names no test: {', '.join(stale)}")
