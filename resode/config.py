@@ -455,6 +455,11 @@ def _family_keys(model: ModelConfig) -> None:
                     f"model.body.{key}: the transformer family has no {key} (keep {default!r}), "
                     f"got {value!r}."
                 )
+    if model.stem == "unet" and body.spectral_bound is not None and body.spectral_method != "power":
+        raise ConfigError(
+            "model.body.spectral_method: a unet normalises its fields by power iteration only "
+            f"('power'), got {body.spectral_method!r}."
+        )
     if model.stem in ("unet", "transformer") and model.adapter_hidden is not None:
         raise ConfigError(
             f"model.adapter_hidden: adapters are not available for model.stem {model.stem!r}."

@@ -181,6 +181,7 @@ def test_transformer_from_a_config_learns_alpha_and_trains():
         ([*UNET, "model.levels=2", "model.stem=mlp"], r"^model\.levels: only model\.stem 'unet'"),
         ([*UNET, "model.heads=2"], r"^model\.heads: only model\.stem 'transformer'"),
         ([*UNET, "model.levels=0"], r"^model\.levels: must be"),
+        ([*UNET, "model.body.spectral_bound=1.0"], r"^model\.body\.spectral_method: a unet"),
         ([*TRANSFORMER, "model.norm=rms"], r"^model\.norm:"),
         ([*TRANSFORMER, "model.heads=3"], r"^model\.heads: must divide model\.width"),
         ([*TRANSFORMER, "model.body.kind=implicit", "model.body.scheme=backward_euler"],

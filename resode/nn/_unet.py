@@ -44,7 +44,8 @@ class UNet(eqx.Module):
     body of [`make_body`][] works too (implicit stacks, DEQs, monotone DEQs, ODE blocks: one per
     level). `body_options` go to [`make_body`][] (`num_steps`, `scheme`, `tied`, `alpha`, ...).
     `long_skips=False` drops the encoder-decoder skips. Height and width must be divisible by
-    ``2^levels``.
+    ``2^levels``. `spectral_bound` normalises every field by power iteration
+    (``spectral_method="power"``; the exact symbol norms are refused here).
     """
 
     stem: Stem
@@ -82,6 +83,14 @@ class UNet(eqx.Module):
             raise ValueError(f"UNet: `levels` must be a positive int, got {levels!r}.")
         if body not in BODIES:
             raise ValueError(f"Unknown body {body!r}. Valid: {', '.join(BODIES)}.")
+        if spectral_bound is not None and spectral_method != "power":
+            # The exact Fourier-symbol norms (one small batched SVD per convolution, several per
+            # network) hung intermittently inside compiled UNet training steps on CPU (JAX 0.10.2,
+            # 2026-11-24); power iteration has no decomposition.
+            raise ValueError(
+                "UNet: `spectral_bound` needs spectral_method='power' (the exact symbol norms "
+                f"are not available in a UNet), got {spectral_method!r}."
+            )
         spatial = tuple(int(n) for n in in_shape[1:])
         if any(n % 2**levels for n in spatial):
             raise ValueError(
