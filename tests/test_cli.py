@@ -74,3 +74,28 @@ def test_sweep_list_into_a_closed_pipe_ends_quietly(tmp_path):
     os.close(write)
     assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr
     assert proc.returncode == 0
+
+
+def test_quick_experiment_runs_compile_at_optimisation_level_0(monkeypatch, capsys):
+    from resode import cli
+
+    # A command-line --quick run (argv from sys.argv) sets the flag before anything compiles; an
+    # unknown name then exits 2, so nothing runs here.
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.setattr(sys, "argv", ["resode", "experiment", "run", "no_such_one", "--quick"])
+    assert main() == 2
+    assert os.environ["XLA_FLAGS"] == cli.QUICK_XLA_FLAG
+    # Other flags are kept; a level the user chose is not overridden.
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    assert main() == 2
+    assert os.environ["XLA_FLAGS"] == f"--xla_cpu_enable_fast_math=false {cli.QUICK_XLA_FLAG}"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=2")
+    assert main() == 2
+    assert os.environ["XLA_FLAGS"] == "--xla_backend_optimization_level=2"
+    # Full runs, and calls with an explicit argv (a process that may have computed), leave it.
+    monkeypatch.delenv("XLA_FLAGS")
+    monkeypatch.setattr(sys, "argv", ["resode", "experiment", "run", "no_such_one"])
+    assert main() == 2
+    assert main(["experiment", "run", "no_such_one", "--quick"]) == 2
+    assert "XLA_FLAGS" not in os.environ
+    assert "no_such_one" in capsys.readouterr().err

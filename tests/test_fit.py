@@ -48,6 +48,11 @@ def test_reused_trainer_equals_a_fresh_one_for_the_same_seed():
     reused = fit(cfg1, data, model=model1, trainer=trainer)
     np.testing.assert_allclose(reused.history["loss"], fresh.history["loss"], rtol=1e-6)
     assert reused.evaluation["test_loss"] == pytest.approx(fresh.evaluation["test_loss"], 1e-6)
+    # evaluate=False: the same training, no evaluation (evaluate_train is then ignored).
+    bare = fit(cfg1, data, model=model1, trainer=trainer, evaluate=False, evaluate_train=True)
+    assert bare.evaluation == {}
+    np.testing.assert_array_equal(bare.history["loss"], reused.history["loss"])
+    assert eqx.tree_equal(bare.model, reused.model)
 
 
 def test_evaluate_on_the_training_split():

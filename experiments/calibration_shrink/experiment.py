@@ -113,6 +113,7 @@ def run(cfg: Config, ctx) -> Result:
         f"model.body.num_steps={cfg.depth}",
         "train.steps_per_call=50",
         f"data.batch_size={min(128, len(train_idx))}",
+        evaluate=False,  # measured below: logits, calibration
     )
     for s, result in zip(seeds, results, strict=True):
         model = result.model

@@ -146,6 +146,7 @@ def run(cfg: Config, ctx) -> Result:
             f"model.body.num_steps={cfg.depth}",
             f"model.body.spectral_bound={k_bound}",
             "train.steps_per_call=50",
+            evaluate=False,  # measured below, with the certificates
         )
         for s, result in zip(seeds, results, strict=True):
             model = result.model

@@ -158,7 +158,8 @@ def run(cfg: Config, ctx) -> Result:
     counts = {}
     for name, (long, kind) in VARIANTS.items():
         overrides = (*common, f"model.long_skips={str(long).lower()}", f"model.body.kind={kind}")
-        results = fit_seeds(data, seeds, cfg.steps, cfg.lr, *overrides)
+        # Measured below (per-pixel scores), so fit does not evaluate.
+        results = fit_seeds(data, seeds, cfg.steps, cfg.lr, *overrides, evaluate=False)
         for s, r in zip(seeds, results, strict=True):
             init = build_model(fit_config(cfg.steps, cfg.lr, f"seed={s}", *overrides), data)
             counts[name] = count_params(init)

@@ -158,10 +158,20 @@ def fit_config(steps: int, lr: float, *overrides: str):
     )
 
 
-def fit_seeds(data, seeds, steps: int, lr: float, *overrides: str, evaluate_train: bool = False):
+def fit_seeds(
+    data,
+    seeds,
+    steps: int,
+    lr: float,
+    *overrides: str,
+    evaluate: bool = True,
+    evaluate_train: bool = False,
+):
     """Train one model per seed on `data` ([`resode.train.fit`][], configs from
     [`fit_config`][] with ``seed=s`` and `overrides`), sharing one compiled
-    [`resode.train.Trainer`][]. Returns the list of `FitResult`s, in the order of `seeds`."""
+    [`resode.train.Trainer`][]. Returns the list of `FitResult`s, in the order of `seeds`.
+    `evaluate` and `evaluate_train` are passed on to `fit` (``evaluate=False``: no test-split
+    evaluation, for an experiment that measures the models itself)."""
     from ..train import Trainer, build_model, fit
 
     results, trainer = [], None
@@ -170,7 +180,16 @@ def fit_seeds(data, seeds, steps: int, lr: float, *overrides: str, evaluate_trai
         if trainer is None:
             trainer = Trainer(c, data)
         model = build_model(c, data)
-        results.append(fit(c, data, model=model, trainer=trainer, evaluate_train=evaluate_train))
+        results.append(
+            fit(
+                c,
+                data,
+                model=model,
+                trainer=trainer,
+                evaluate=evaluate,
+                evaluate_train=evaluate_train,
+            )
+        )
     return results
 
 

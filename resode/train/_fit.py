@@ -19,9 +19,10 @@ class FitResult:
     **Fields:** `model` (the trained model), `history` (per-step metrics as NumPy arrays, one
     entry per step taken: ``loss``, ``grad_norm``, ``accuracy`` for classification and the body's
     diagnostics), `evaluation` (the test split's [`Trainer.evaluate`][] record, plus the training
-    split's with ``evaluate_train=True``), `train_time_s` (wall time of the training calls,
-    compilation included), `steps` (steps taken) and `diverged` (the loss became non-finite;
-    training stopped after that call and `evaluation` describes the last parameters).
+    split's with ``evaluate_train=True``; empty with ``evaluate=False``), `train_time_s` (wall
+    time of the training calls, compilation included), `steps` (steps taken) and `diverged` (the
+    loss became non-finite; training stopped after that call and `evaluation` describes the last
+    parameters).
     """
 
     model: Any
@@ -38,6 +39,7 @@ def fit(
     *,
     model=None,
     devices=None,
+    evaluate: bool = True,
     evaluate_train: bool = False,
     trainer: Trainer | None = None,
 ) -> FitResult:
@@ -53,6 +55,10 @@ def fit(
     `trainer`: reuse this [`Trainer`][] (built for a model of the same structure and the same
     ``cfg.train``) and its compiled calls; training then starts from `model`'s parameters (or the
     trainer's own) with the batch order of ``cfg.seed``. Fits over several seeds compile once.
+
+    `evaluate` (default True): evaluate the test split at the end; False leaves `evaluation`
+    empty (and ignores `evaluate_train`), sparing the compilation of the evaluation program for a
+    caller that measures the trained model its own way.
     """
     if trainer is None:
         trainer = Trainer(cfg, data, devices=devices, model=model)
@@ -71,8 +77,8 @@ def fit(
             history.setdefault(k, []).append(np.asarray(v))
         diverged = not np.all(np.isfinite(metrics["loss"]))
         step += length
-    evaluation = trainer.evaluate(state.params)
-    if evaluate_train:
+    evaluation = trainer.evaluate(state.params) if evaluate else {}
+    if evaluate and evaluate_train:
         evaluation.update(trainer.evaluate(state.params, split="train"))
     return FitResult(
         model=trainer.model(_host(state.params)),
