@@ -63,7 +63,7 @@ class Config:
     lr: float = 3e-3
 
 
-QUICK = {"depths": [2, 16], "num_seeds": 1, "width": 16, "batch": 16, "train_depth": 4, "steps": 20}
+QUICK = {"depths": [2, 8], "num_seeds": 1, "width": 16, "batch": 16, "train_depth": 2, "steps": 20}
 
 
 def validate(cfg: Config) -> None:
