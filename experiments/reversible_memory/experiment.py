@@ -134,14 +134,22 @@ def _float64_errors(depth, gamma, seed):
         return float(rebuild), float(grad)
 
 
+@eqx.filter_jit
+def _rebuild_error_of(stack, y):
+    """Relative error of the state rebuilt from the output of `stack` run from `y` (one compiled
+    program per depth)."""
+    fn, step_args = stack.step_function(None, inference=True)
+    kw = dict(method=stack.reversible, per_step_args=True)
+    n = stack.num_steps
+    s1 = resode.reversible_integrate(fn, y, 0.0, 1.0, n, step_args, return_state=True, **kw)
+    s0 = resode.reversible_rebuild(fn, s1, 0.0, 1.0, n, step_args, **kw)
+    return _rebuild_error(s0, y)
+
+
 def _float32_drift(depth, gamma, width, seed):
     stack = _stack(depth, width, reversible="momentum", gamma=gamma)
     y = jax.random.normal(jax.random.PRNGKey(seed + 1), (width,))
-    fn, step_args = stack.step_function(None, inference=True)
-    kw = dict(method=stack.reversible, per_step_args=True)
-    s1 = resode.reversible_integrate(fn, y, 0.0, 1.0, depth, step_args, return_state=True, **kw)
-    s0 = resode.reversible_rebuild(fn, s1, 0.0, 1.0, depth, step_args, **kw)
-    return float(_rebuild_error(s0, y))
+    return float(_rebuild_error_of(stack, y))
 
 
 def _step_cost(stack, x, target, repeats=5):
