@@ -213,7 +213,16 @@ def test_quick_run_writes_its_summary_and_exact_checks_hold(name, tmp_path):
         ),
         pytest.param(
             "adversarial_depth",
-            ["radius=0.3", "pgd_steps=3", "width=6", "hidden=5", "depth=3", "steps=5", "seed=2"],
+            [
+                "radius=0.3",
+                "pgd_steps=3",
+                "width=6",
+                "hidden=5",
+                "depth=3",
+                "steps=5",
+                "seed=2",
+                "models=[resnet,ode_net,implicit,deq]",
+            ],
             marks=pytest.mark.slow,
         ),
         pytest.param(
@@ -228,7 +237,16 @@ def test_quick_run_writes_its_summary_and_exact_checks_hold(name, tmp_path):
         ),
         pytest.param(
             "unet_skips",
-            ["depth=1", "levels=1", "size=8", "width=3", "num_samples=40", "steps=3", "seed=2"],
+            [
+                "depth=1",
+                "levels=1",
+                "size=8",
+                "width=3",
+                "num_samples=40",
+                "steps=3",
+                "seed=2",
+                "variants=[none,short,long,both]",
+            ],
             marks=pytest.mark.slow,
         ),
         pytest.param(
@@ -242,6 +260,15 @@ def test_exact_checks_hold_for_other_parameters(name, overrides, tmp_path):
     summary = run_experiment(name, overrides, out=tmp_path / "o", quick=True, quiet=True)
     exact = [c for c in summary["checks"] if c["kind"] == "exact"]
     assert exact and all(c["holds"] for c in exact), exact
+
+
+@pytest.mark.slow  # two UNet trainings, ~15 s
+def test_a_run_of_some_variants_counts_all_four_and_skips_the_comparisons(tmp_path):
+    s = run_experiment("unet_skips", ["variants=[short]"], out=tmp_path / "u", quick=True)
+    assert set(s["per_variant"]) == {"short"}
+    assert [c["name"] for c in s["checks"]] == ["equal_parameters", "zero_branch_identity"]
+    assert s["num_params"] > 0 and all(c["holds"] for c in s["checks"])
+    assert "the empirical checks compare all four" in (tmp_path / "u" / "REPORT.md").read_text()
 
 
 def test_exact_expectations_come_from_the_parameters(tmp_path):
@@ -266,6 +293,11 @@ def test_exact_expectations_come_from_the_parameters(tmp_path):
         (["graph_oversmoothing", "eta=1.5"], "eta"),
         (["attention_scale", "num_heads=5"], "num_heads"),
         (["unet_skips", "size=6"], "size"),
+        (["unet_skips", "variants=[none,wide]"], "variants"),
+        (["unet_skips", "variants=[]"], "variants"),
+        (["unet_skips", "variants=[both,both]"], "variants"),
+        (["adversarial_depth", "models=[deq]"], "models"),  # no resnet: no transfer source
+        (["adversarial_depth", "models=[resnet,rnn]"], "models"),
         (["no_such_experiment"], "no_such_experiment"),
     ],
 )

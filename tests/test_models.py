@@ -82,6 +82,24 @@ def test_parameter_counts_and_matching():
     assert abs(rn.count_params(wide) - rn.count_params(untied)) < 0.05 * rn.count_params(untied)
 
 
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(in_shape=(8,), body="residual", num_steps=4),
+        dict(in_shape=(8,), body="deq", tied=True),
+        dict(in_shape=(8,), body="residual", spectral_bound=0.5, spectral_method="power"),
+        dict(in_shape=(1, 8, 8), stem="unet", body="plain", levels=1, num_steps=1),
+    ],
+)
+def test_parameters_are_counted_on_shapes_alone(kw):
+    # eqx.filter_eval_shape builds nothing; the count equals the built model's, buffers
+    # (power-iteration vectors) left out in both.
+    build = lambda: rn.build_classifier(num_classes=3, width=4, key=KEY, **kw)
+    shapes = eqx.filter_eval_shape(build)
+    assert isinstance(jax.tree_util.tree_leaves(shapes)[0], jax.ShapeDtypeStruct)
+    assert rn.count_params(shapes) == rn.count_params(build()) > 0
+
+
 def test_bad_builder_arguments():
     with pytest.raises(ValueError, match="Unknown body 'resnet'"):
         rn.build_classifier(in_shape=(4,), num_classes=2, body="resnet", key=KEY)

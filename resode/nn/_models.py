@@ -1,6 +1,7 @@
 """Classifiers assembled from a stem, one body of any kind, and a head."""
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import equinox as eqx
@@ -248,15 +249,24 @@ def call_body(kind: str, body, y: Array, *, key=None, inference: bool = False):
 
 def count_params(model) -> int:
     """Number of trainable entries of a model: its floating-point arrays, less its buffers
-    (graph Laplacians, power-iteration vectors; see [`buffer_mask`][])."""
+    (graph Laplacians, power-iteration vectors; see [`buffer_mask`][]).
+
+    `model` may also be the output of ``eqx.filter_eval_shape`` (floating
+    ``jax.ShapeDtypeStruct`` leaves count as arrays), so a model is counted without being
+    initialised."""
     from ._spectral import buffer_mask
+
+    def is_param(leaf):
+        if isinstance(leaf, jax.ShapeDtypeStruct):
+            return jnp.issubdtype(leaf.dtype, jnp.inexact)
+        return eqx.is_inexact_array(leaf)
 
     total = 0
     for leaf, is_buffer in zip(
         jax.tree_util.tree_leaves(model), jax.tree_util.tree_leaves(buffer_mask(model)), strict=True
     ):
-        if eqx.is_inexact_array(leaf) and not is_buffer:
-            total += leaf.size
+        if is_param(leaf) and not is_buffer:
+            total += math.prod(leaf.shape)
     return total
 
 
