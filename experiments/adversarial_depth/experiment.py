@@ -35,6 +35,7 @@ from resode.experiments import (
     fmt_spread,
     plot_series,
     require_at_least_one,
+    require_subset,
     seed_list,
     spread,
 )
@@ -87,16 +88,7 @@ def validate(cfg: Config) -> None:
     if not cfg.radius > 0:
         raise ConfigError(f"radius: must be > 0, got {cfg.radius}.")
     require_at_least_one(cfg, "pgd_steps", "num_seeds", "width", "hidden", "depth", "steps")
-    if not isinstance(cfg.models, list) or "resnet" not in cfg.models:
-        raise ConfigError(
-            f"models: must be a list of {list(MODELS)} that includes 'resnet' (the transfer "
-            f"attack's source), got {cfg.models!r}."
-        )
-    for m in cfg.models:
-        if m not in MODELS:
-            raise ConfigError(f"models: unknown model {m!r}; choose from {list(MODELS)}.")
-    if len(set(cfg.models)) != len(cfg.models):
-        raise ConfigError(f"models: each model at most once, got {cfg.models}.")
+    require_subset(cfg, "models", MODELS, must_include=("resnet",))  # the transfer source
     if not cfg.lr > 0:
         raise ConfigError(f"lr: must be > 0, got {cfg.lr}.")
 

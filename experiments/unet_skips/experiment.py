@@ -35,6 +35,7 @@ from resode.experiments import (
     fmt_spread,
     plot_series,
     require_at_least_one,
+    require_subset,
     seed_list,
     spread,
     to_float64,
@@ -93,13 +94,7 @@ QUICK = {
 
 def validate(cfg: Config) -> None:
     require_at_least_one(cfg, "depth", "num_seeds", "width", "levels", "steps", "batch_size")
-    if not isinstance(cfg.variants, list) or not cfg.variants:
-        raise ConfigError(f"variants: must be a non-empty list of {list(VARIANTS)}.")
-    for v in cfg.variants:
-        if v not in VARIANTS:
-            raise ConfigError(f"variants: unknown variant {v!r}; choose from {list(VARIANTS)}.")
-    if len(set(cfg.variants)) != len(cfg.variants):
-        raise ConfigError(f"variants: each variant at most once, got {cfg.variants}.")
+    require_subset(cfg, "variants", VARIANTS)
     if cfg.size % 2**cfg.levels or cfg.size < 8:
         raise ConfigError(
             f"size: must be >= 8 and divisible by 2^levels = {2**cfg.levels}, got {cfg.size}."

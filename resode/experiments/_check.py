@@ -218,6 +218,25 @@ def max_param_change(a, b) -> float:
     )
 
 
+def require_subset(cfg, key: str, allowed, *, must_include: tuple[str, ...] = ()) -> None:
+    """Raise `ConfigError` naming `key` unless ``cfg.<key>`` is a non-empty list of distinct
+    names from `allowed` that contains every name of `must_include` (an experiment's choice of
+    variants or models to run)."""
+    from ..config import ConfigError
+
+    value, allowed = getattr(cfg, key), list(allowed)
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{key}: must be a non-empty list of {allowed}, got {value!r}.")
+    for name in value:
+        if name not in allowed:
+            raise ConfigError(f"{key}: unknown name {name!r}; choose from {allowed}.")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{key}: each name at most once, got {value}.")
+    for name in must_include:
+        if name not in value:
+            raise ConfigError(f"{key}: must include {name!r}, got {value}.")
+
+
 def require_at_least_one(cfg, *keys: str) -> None:
     """Raise `ConfigError` naming the first of `keys` whose value in `cfg` is below 1 (counts,
     sizes, steps of an experiment's config)."""
