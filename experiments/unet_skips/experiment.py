@@ -75,7 +75,7 @@ class Config:
     size: int = 24
     noise: float = 0.3
     # the variants trained (all four by default); the parameter-count check covers all four
-    # whatever this says, each empirical check runs when the variants it compares were trained
+    # whatever this says; the empirical checks compare all four and run only when all are trained
     variants: list = dataclasses.field(default_factory=lambda: list(VARIANTS))
 
 
