@@ -18,6 +18,7 @@ import argparse
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 from .config import ConfigError, load_config
@@ -201,6 +202,16 @@ BENCHES = {
     "train": "bench_train",
 }
 
+#: The heading of each benchmark's section in the report `resode bench --write` writes.
+BENCH_TITLES = {
+    "rk": "Fixed-step explicit solves",
+    "implicit": "Implicit schemes on a stiff problem",
+    "fixed_point": "Deep-equilibrium fixed point",
+    "layers": "Layers: compile time, training step, memory and time against depth",
+    "ode": "Adaptive ODE block against diffrax",
+    "train": "Training loop",
+}
+
 
 def _bench(args) -> int:
     import importlib
@@ -224,17 +235,39 @@ def _bench(args) -> int:
     sys.path.insert(0, str(bench_dir))
     harness = importlib.import_module("_harness")
     start = len(harness.RATIOS)
+    began = time.perf_counter()
+    sections = []
     for name in names:
         print(f"\n## {name} ({BENCHES[name]}.py)\n", flush=True)
-        print(importlib.import_module(BENCHES[name]).main(quick=args.quick), flush=True)
+        text = importlib.import_module(BENCHES[name]).main(quick=args.quick)
+        print(text, flush=True)
+        sections.append(f"## {BENCH_TITLES[name]} (`benchmarks/{BENCHES[name]}.py`)\n\n{text}")
+    minutes = (time.perf_counter() - began) / 60
     rows = []
     for r in harness.RATIOS[start:]:
         target = f"{r.op} {r.target:g}" if r.target is not None else "-"
         met = {True: "yes", False: "NO", None: "-"}[r.met]
         rows.append([r.bench, r.name, f"{r.value:.3g}", target, met])
-    print("\n## Headline ratios" + (" (--quick: tiny sizes, not meaningful)" if args.quick else ""))
+    table = harness.markdown_table(["bench", "ratio", "value", "target", "met"], rows)
+    quick = " (--quick: tiny sizes, not meaningful)" if args.quick else ""
+    print("\n## Headline ratios" + quick)
     print()
-    print(harness.markdown_table(["bench", "ratio", "value", "target", "met"], rows))
+    print(table)
+    if args.write:
+        command = "resode bench" + (" --quick" if args.quick else "")
+        command += f" --only {','.join(names)}" if args.only else ""
+        head = (
+            f"# Benchmark results{quick}\n\n"
+            f"Written by `{command} --write` in one process ({minutes:.0f} min). Every figure "
+            "comes from this one run: contenders take turns call by call (warm-up first, "
+            "`block_until_ready`, median of repeated calls with min and max), and ratios compare "
+            "contenders within the run.\n\n"
+            f"Machine: {harness.machine_summary()}\n\n## Headline ratios\n\n{table}\n"
+        )
+        path = Path(args.write)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(head + "".join(f"\n{s.rstrip()}\n" for s in sections))
+        print(f"\nwrote {path}")
     return 0
 
 
@@ -323,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
     bench.add_argument("--only", help=f"comma-separated subset of: {', '.join(BENCHES)}")
+    bench.add_argument(
+        "--write",
+        metavar="FILE",
+        help="also write the run as a markdown report (machine, headline ratios, every "
+        "benchmark's tables), e.g. benchmarks/RESULTS.md",
+    )
     bench.set_defaults(func=_bench)
     return parser
 

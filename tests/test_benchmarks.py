@@ -41,7 +41,16 @@ def test_resode_bench_only_names_the_unknown_benchmark(capsys):
 
 @pytest.mark.slow  # ~15 s: a whole benchmark at --quick sizes
 @pytest.mark.parametrize("name", ["train"])
-def test_resode_bench_only_runs_the_named_one(name, capsys):
-    assert main(["bench", "--quick", "--only", name]) == 0
+def test_resode_bench_only_runs_the_named_one_and_writes_its_report(name, tmp_path, capsys):
+    report = tmp_path / "sub" / "RESULTS.md"
+    assert main(["bench", "--quick", "--only", name, "--write", str(report)]) == 0
     out = capsys.readouterr().out
     assert "## train (bench_train.py)" in out and "## rk (" not in out
+    text = report.read_text()
+    assert text.startswith("# Benchmark results (--quick")
+    assert "`resode bench --quick --only train --write`" in text
+    assert "Machine: " in text and "jax " in text
+    # The headline table of the run, then the benchmark's own section with its tables.
+    assert text.index("## Headline ratios") < text.index("## Training loop (`benchmarks/")
+    assert "steps/s: resode / minimal hand-written loop" in text
+    assert "## Fixed-step" not in text
