@@ -9,6 +9,7 @@ import pytest
 from helpers import FD_RTOL, SOLVERS, central_fd, rel_err
 
 import resode
+import resode.nn as rn
 from resode.solvers import iterate, resolve_solver
 
 DIM = 6
@@ -411,6 +412,33 @@ def test_backward_memory_is_flat_in_max_steps_except_unrolled():
     for adjoint in ("implicit", "jfb", "phantom"):
         assert temp_bytes(adjoint, 10) == temp_bytes(adjoint, 400), adjoint
     assert temp_bytes("unrolled", 400) > 4 * temp_bytes("unrolled", 10)
+
+
+def test_implicit_steps_store_no_field_intermediates_per_step():
+    # A backward-Euler stack differentiates each step's solve with the implicit adjoint. Per
+    # step the backward pass needs that step's weights and z*, not the field's hidden
+    # activations: the one differentiable application of f at z* is recomputed, not stored.
+    # Growth per step must stay below one hidden activation (batch x hidden floats); storing
+    # them measured 2.6 activations per step (float32: 173 KB against 42 KB).
+    width, hidden, batch = 16, 256, 64
+    x = jax.random.normal(jax.random.PRNGKey(1), (batch, width))
+
+    def temp_bytes(depth):
+        stack = rn.ResidualStack(
+            lambda k: rn.MLPField(width, hidden, key=k),
+            depth,
+            scheme="backward_euler",
+            key=jax.random.PRNGKey(0),
+        )
+        loss = lambda m: jnp.sum(jax.vmap(lambda v: m(v)[0])(x) ** 2)
+        compiled = eqx.filter_jit(eqx.filter_grad(loss)).lower(stack).compile()
+        return compiled.compiled.memory_analysis().temp_size_in_bytes
+
+    per_step = (temp_bytes(34) - temp_bytes(2)) / 32
+    size = x.dtype.itemsize
+    weights_and_state = (2 * width * hidden + hidden + width + 2 * batch * width) * size
+    assert per_step < batch * hidden * size
+    assert per_step >= weights_and_state / 2  # the measurement sees the per-step storage
 
 
 def test_fixed_point_solver_objects_work_as_implicit_stage_solvers():
