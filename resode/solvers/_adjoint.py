@@ -162,7 +162,8 @@ class ImplicitAdjoint(AbstractAdjoint):
         # of a 4 ms forward+backward on a batch of 256).
         # Rematerialised: the backward pass recomputes f at z* (one more evaluation) instead of
         # keeping its intermediates, so a stack of implicit steps stores only each step's z*
-        # and inputs (training memory of a 64-step backward-Euler stack, batch 256: 42.0 -> 26.0 MiB).
+        # and inputs (training memory of a 64-step backward-Euler stack, batch 256: 42.0 ->
+        # 26.0 MiB).
         y = _straight_through(z_star, _apply_remat(fn, z_star, args))
         frozen = (_stop(fn), _stop(args), z_star)
         value = _adjoint_identity((y, probe), frozen, solver, self, tol, max_steps)
