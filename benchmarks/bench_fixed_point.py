@@ -111,6 +111,25 @@ def contenders(batch, dim):
             return sol.value
 
         out["optimistix (FixedPointIteration + ImplicitAdjoint GMRES)"] = optimistix_solve
+
+        def optimistix_newton(p):
+            # Newton on f(z) - z with a matrix-free GMRES step (the Jacobian of the whole
+            # batch, 16384 x 16384 here, is never formed), as resode's Newton does. Its test
+            # asks |f(z) - z| <= atol in the max norm as well as a small step: atol = TOL (with
+            # atol 1e-8, out of reach in float32, it ran to max_steps).
+            gmres = lx.GMRES(rtol=TOL, atol=1e-8)
+            sol = optx.root_find(
+                lambda z, p: layer(z, p) - z,
+                optx.Newton(rtol=TOL, atol=TOL, linear_solver=gmres),
+                z0,
+                p,
+                adjoint=optx.ImplicitAdjoint(linear_solver=gmres),
+                max_steps=200,
+                throw=False,
+            )
+            return sol.value
+
+        out["optimistix Newton root find (GMRES step, ImplicitAdjoint GMRES)"] = optimistix_newton
     except ImportError:
         pass
 
@@ -489,6 +508,16 @@ def main(quick: bool = False) -> str:
             if name.startswith(("resode picard + implicit (", "resode anderson + implicit (")):
                 label = f"optimistix / {name.split(' (')[0]} (fwd+bwd)"
                 out.append(record("fixed_point", label, base / t_bwd[name].median_ms, ">=", 3.0))
+        newton_opt = next((n for n in solves if n.startswith("optimistix Newton")), None)
+        newton = "resode newton + implicit (default: GMRES adjoint)"
+        if newton_opt is not None:
+            out.append(
+                record(
+                    "fixed_point",
+                    "optimistix Newton root find / resode newton + implicit (fwd+bwd)",
+                    t_bwd[newton_opt].median_ms / t_bwd[newton].median_ms,
+                )
+            )
         errs = [grad_err(n) for n in solves if n.startswith("resode") and "implicit" in n]
         out.append(
             record(

@@ -18,6 +18,7 @@ def test_resode_bench_quick_runs_every_benchmark_and_prints_the_ratio_table(caps
         "grid: min diffrax / resode",
         "diffrax Kvaerno5 / best resode",
         "optimistix / resode picard + implicit",
+        "optimistix Newton root find / resode newton + implicit",
         "implicit backward memory",
         "tied RK4 training step: resode / hand-written",
         "ODEBlock / direct diffrax, fwd+bwd",
