@@ -260,7 +260,8 @@ def _bench(args) -> int:
             f"# Benchmark results{quick}\n\n"
             f"Written by `{command} --write` in one process ({minutes:.0f} min). Every figure "
             "comes from this one run: contenders take turns call by call (warm-up first, "
-            "`block_until_ready`, median of repeated calls with min and max), and ratios compare "
+            "`block_until_ready`, each timed call right after an untimed one of the same "
+            "contender, median of repeated calls with min and max), and ratios compare "
             "contenders within the run.\n\n"
             f"Machine: {harness.machine_summary()}\n\n## Headline ratios\n\n{table}\n"
         )
