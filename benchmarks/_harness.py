@@ -14,6 +14,8 @@ from importlib import metadata
 
 import jax
 
+from resode.experiments import cpu_description
+
 
 @dataclasses.dataclass(frozen=True)
 class Timing:
@@ -120,30 +122,6 @@ def record(bench: str, name: str, value: float, op: str | None = None, target=No
     return f"- {name} = {value:.3g}{tail}"
 
 
-def _cpu_name() -> str:
-    """The CPU's model name and its widest x86 vector extension (from /proc/cpuinfo where there
-    is one): timings of the same code differ between an AVX2 and an AVX-512 machine."""
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and value.strip():
-                    name = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
-    except OSError:
-        pass
-    vector = next(
-        (label for flag, label in (("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), ""
-    )
-    extras = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    if vector:
-        name += f", {vector}" + (f" ({', '.join(extras)})" if extras else "")
-    return f"{name}, {platform.machine()}"
-
-
 def machine_summary() -> str:
     versions = []
     for pkg in (
@@ -160,7 +138,7 @@ def machine_summary() -> str:
             versions.append(f"{pkg} {metadata.version(pkg)}")
         except metadata.PackageNotFoundError:
             pass
-    cpu = _cpu_name()
+    cpu = cpu_description()
     device = jax.devices()[0]
     return (
         f"{time.strftime('%Y-%m-%d')}; {os.cpu_count()} cores ({cpu}); "

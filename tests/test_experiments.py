@@ -443,3 +443,21 @@ def test_gallery_key_figures_are_short_for_spreads_lists_and_records():
         "rk4": {"diverged": [False], "nfe": 80.0},
     }
     assert _figure_text(record) == "{euler: test_error 0.021 ± 0.001; rk4: nfe 80}"
+
+
+def test_cpu_description_names_the_model_and_vector_extension(tmp_path):
+    import platform
+
+    from resode.experiments import cpu_description
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nmodel name\t: Some CPU @ 2.0GHz\nflags\t\t: fpu sse2 avx2 avx512f "
+        "avx512_bf16\n\nprocessor\t: 1\nmodel name\t: Some CPU @ 2.0GHz\n"
+    )
+    arch = platform.machine()
+    assert cpu_description(str(info)) == f"Some CPU @ 2.0GHz, AVX-512 (avx512_bf16), {arch}"
+    info.write_text("model name\t: Other CPU\nflags\t\t: fpu sse2 avx2\n")
+    assert cpu_description(str(info)) == f"Other CPU, AVX2, {arch}"
+    # Without the file: what the platform module says, never an error.
+    assert arch in cpu_description(str(tmp_path / "missing"))
