@@ -487,10 +487,14 @@ def main(quick: bool = False) -> str:
         "",
         f"z = tanh(z W + x U), dim {dim}, batch {batch}, float32, relative tol {TOL:g}. "
         f"Median [min, max] ms. speed-up = {ref_name} fwd+bwd / contender fwd+bwd; "
-        f"grad err = relative L2 distance of the gradient to {ref_name}'s. optimistix's Newton "
-        f"is timed in a group of its own with resode's Newton ({heavy_repeats} calls each; its "
-        "long calls would leave the next contender with cold caches); the others take turns "
-        f"{repeats} times.",
+        f"grad err = relative L2 distance of the gradient to {ref_name}'s."
+        + (
+            f" optimistix's Newton is timed in a group of its own with resode's Newton "
+            f"({heavy_repeats} calls each; its long calls would leave the next contender with "
+            f"cold caches); the others take turns {repeats} times."
+            if heavy
+            else ""
+        ),
         "",
         markdown_table(
             ["contender", "forward ms", "fwd+bwd ms", "bwd only ms", "speed-up", "grad err"], rows
