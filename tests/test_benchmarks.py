@@ -3,7 +3,7 @@ prints the table of headline ratios (no timing assertions)."""
 
 import pytest
 
-from resode.cli import BENCHES, main
+from resode.cli import BENCH_TITLES, BENCHES, main
 
 
 @pytest.mark.slow  # about 3-6 min on 2 cores: every benchmark script end to end
@@ -55,3 +55,8 @@ def test_resode_bench_only_runs_the_named_one_and_writes_its_report(name, tmp_pa
     assert text.index("## Headline ratios") < text.index("## Training loop (`benchmarks/")
     assert "steps/s: resode / minimal hand-written loop" in text
     assert "## Fixed-step" not in text
+
+
+def test_every_benchmark_has_a_report_heading():
+    # `resode bench --write` heads each benchmark's section with its title.
+    assert BENCH_TITLES.keys() == BENCHES.keys()

@@ -160,10 +160,11 @@ class ImplicitAdjoint(AbstractAdjoint):
         # batched product over the examples, where a custom VJP returning per-example parameter
         # cotangents made JAX materialise and sum one (64 x 64) outer product per example (3.4 ms
         # of a 4 ms forward+backward on a batch of 256).
-        # Rematerialised: the backward pass recomputes f at z* (one more evaluation) instead of
-        # keeping its intermediates, so a stack of implicit steps stores only each step's z*
-        # and inputs (training memory of a 64-step backward-Euler stack, batch 256: 42.0 ->
-        # 26.0 MiB).
+        # Rematerialised: the backward pass recomputes f at z* instead of keeping its
+        # intermediates, so a stack of implicit steps stores only each step's z* and inputs
+        # (training memory of a 64-step backward-Euler stack, batch 256: 42.0 -> 26.0 MiB).
+        # prevent_cse=False lets XLA merge the recomputation with the backward's own evaluation
+        # of f at z* where no loop separates them: a single DEQ's program keeps its FLOP count.
         y = _straight_through(z_star, _apply_remat(fn, z_star, args))
         frozen = (_stop(fn), _stop(args), z_star)
         value = _adjoint_identity((y, probe), frozen, solver, self, tol, max_steps)
