@@ -313,6 +313,23 @@ def test_deq_jacobian_penalty_is_unbiased():
 # --- ODEBlock ------------------------------------------------------------------------------------
 
 
+def test_diffrax_is_imported_only_when_an_ode_block_runs():
+    """resode (and its command line) start without diffrax; the first ODEBlock call imports it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, jax.numpy as jnp, jax.random as jr, resode.cli, resode.nn as rn\n"
+        "assert 'diffrax' not in sys.modules, 'imported with resode'\n"
+        "block = rn.ODEBlock(rn.MLPField(2, 4, key=jr.PRNGKey(0)))\n"
+        "assert 'diffrax' not in sys.modules, 'imported by the constructor'\n"
+        "y, diag = block(jnp.ones(2))\n"
+        "assert 'diffrax' in sys.modules and bool(diag.converged)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 @pytest.mark.parametrize("solver", ["tsit5", "dopri5", "dopri8", "kvaerno5"])
 def test_ode_block_matches_integrate_with_many_small_steps(solver):
     field = rn.MLPField(DIM, 8, time_dependent=True, key=KEY)
