@@ -294,7 +294,11 @@ class Anderson(AbstractFixedPointSolver):
         gs = gs.at[slot].set(g)
         # The Gram matrix of the stored residuals is kept in the state: only the new residual's
         # row and column are computed (m inner products, not m^2).
-        row = jnp.real(jnp.matmul(gs.conj(), g, preferred_element_type=gram.dtype))
+        # (Accumulated in at least float32, and for a complex state in its complex dtype: a
+        # complex product with a real result type is a complex-to-real convert, which XLA's
+        # elemental emitters refuse.)
+        acc = jnp.promote_types(gs.dtype, gram.dtype)
+        row = jnp.real(jnp.matmul(gs.conj(), g, preferred_element_type=acc)).astype(gram.dtype)
         gram = gram.at[slot, :].set(row).at[:, slot].set(row)
         filled = jnp.arange(self.memory) < jnp.minimum(k + 1, self.memory)
         both = filled[:, None] & filled[None, :]
