@@ -44,6 +44,21 @@ REF_RTOL = 1e-8  # gradients against an independent unrolled reference (float64)
 ORDER_SLACK = 0.3  # measured order within this of the declared one
 
 
+def default_emitters(fn):
+    """`fn` jitted with XLA:CPU's default (MLIR) fusion emitters, as full runs compile.
+
+    The suite compiles with the elemental emitters (`resode.cli.QUICK_XLA_FLAGS`, set in
+    conftest), which contract and order floating-point operations per program, so two programs
+    of different structure that perform the same operations (a while loop and a scan, with and
+    without a conditional) can differ in the last bit. Tests that assert such programs agree bit
+    for bit compile both with this."""
+    import os
+
+    if "--xla_cpu_use_fusion_emitters=false" not in os.environ.get("XLA_FLAGS", ""):
+        return jax.jit(fn)
+    return jax.jit(fn, compiler_options={"xla_cpu_use_fusion_emitters": True})
+
+
 def rel_err(a, b) -> float:
     a = np.asarray(a)
     b = np.asarray(b)

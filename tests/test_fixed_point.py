@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 import pytest
-from helpers import FD_RTOL, SOLVERS, central_fd, rel_err
+from helpers import FD_RTOL, SOLVERS, central_fd, default_emitters, rel_err
 
 import resode
 import resode.nn as rn
@@ -203,8 +203,14 @@ def test_skipping_the_conditional_update_changes_nothing(solver):
     b = jnp.linspace(-1.0, 1.0, DIM)
     f, args = (deq_map, _problem()) if solver == "picard" else (expanding_map, b)
     for differentiable in (False, True):
-        one = iterate(base, f, jnp.zeros(DIM), args, tol=1e-10, differentiable=differentiable)
-        two = iterate(guarded, f, jnp.zeros(DIM), args, tol=1e-10, differentiable=differentiable)
+        one, two = (
+            default_emitters(
+                lambda args, s=s, d=differentiable: iterate(
+                    s, f, jnp.zeros(DIM), args, tol=1e-10, differentiable=d
+                )
+            )(args)
+            for s in (base, guarded)
+        )
         assert bool(one.converged)
         assert int(one.num_steps) == int(two.num_steps)
         np.testing.assert_array_equal(one.value, two.value)
@@ -292,8 +298,10 @@ def test_jfb_is_a_descent_direction_for_a_contractive_layer():
 @pytest.mark.parametrize("adjoint", ["jfb", "phantom", "implicit"])
 def test_value_is_the_solution_whatever_the_adjoint(adjoint):
     W, x = _problem()
-    a = resode.fixed_point(deq_map, jnp.zeros(DIM), (W, x), adjoint=adjoint, tol=1e-10)
-    b = resode.fixed_point(deq_map, jnp.zeros(DIM), (W, x), adjoint="unrolled", tol=1e-10)
+    solve = lambda adjoint: default_emitters(
+        lambda W, x: resode.fixed_point(deq_map, jnp.zeros(DIM), (W, x), adjoint=adjoint, tol=1e-10)
+    )(W, x)
+    a, b = solve(adjoint), solve("unrolled")
     np.testing.assert_array_equal(a.value, b.value)
     assert bool(a.converged) and int(a.num_steps) == int(b.num_steps)
 
