@@ -1,14 +1,16 @@
 """Deep-equilibrium fixed point, forward+backward: resode against optimistix and hand-written JAX.
 
 Run:   .venv/bin/python benchmarks/bench_fixed_point.py [--quick]   (needs optimistix: make bench)
-Takes: about 80 s on 2 CPU cores (2026-11-24).
+Takes: about 2 min on 2 CPU cores (2026-12-05; 80 s on 2026-11-24 before the traffic rows).
 Shows: z = tanh(z W + x U), W scaled to spectral norm 0.5, dim 64, batch 256, float32, relative
        tolerance 1e-5, forward and forward+backward of a mean-square loss. Medians with min/max;
        optimistix / resode ratios (target >= 3 for picard and anderson with the implicit
        adjoint); gradients against optimistix's (target: within 1e-5 relative); backward time
        against forward time; and the backward pass's temporary memory against max_steps (flat
        for implicit, jfb and phantom; growing for unrolled). Time per iteration of each solver
-       (batched and vmapped per example; target: Anderson and Broyden within 1.3x of Picard), and
+       (batched and vmapped per example; target: Anderson and Broyden within 1.3x of Picard), beside
+       the cost of each method's history traffic alone (row writes and passes over the stored
+       m-row histories, no arithmetic: the floor any implementation of it pays), and
        a slowly contracting map where the accelerated solvers need far fewer iterations. A
        monotone DEQ (Peaceman-Rachford, forward-backward) against the Anderson DEQ, same size.
 """
@@ -17,6 +19,7 @@ import argparse
 import functools
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import lineax as lx
 import numpy as np
@@ -202,12 +205,62 @@ def memory_table(params, target, dim, steps_list):
     return table, by_adjoint
 
 
+class AndersonTraffic(resode.Anderson):
+    """Not a solver: a reference for what Anderson's history traffic costs on its own.
+
+    Each iteration does what any Anderson step must do to the state-sized data and nothing else:
+    write the new point and residual into the two m-row histories, one pass over the residual
+    history (the Gram row) and one over the point history (the combination). The combination's
+    weights are one-hot at the newest point (plus 0 times the Gram row, so that the pass is not
+    removed as dead code), so the iterate is the Picard step's: no small solve, no masks, no
+    safeguard. Anderson per iteration over this is the cost of its arithmetic."""
+
+    def update(self, z, fz, aux, state, tol):
+        ys, gs, gram, k = state
+        x, unravel = jax.flatten_util.ravel_pytree(z)
+        g = jax.flatten_util.ravel_pytree(fz)[0] - x
+        slot = k % self.memory
+        ys = ys.at[slot].set(x + g)
+        gs = gs.at[slot].set(g)
+        weights = (jnp.arange(self.memory) == slot) + 0.0 * (gs @ g)
+        return unravel(weights @ ys), (ys, gs, gram, k + 1)
+
+
+class BroydenTraffic(resode.Broyden):
+    """Not a solver: Broyden's history traffic on its own (cf. `AndersonTraffic`).
+
+    Writes one row into each of the two m-row histories and makes the four passes every step of
+    the limited-memory inverse update needs (H g: a row product with one history and a
+    combination of the other; H^T dx: the same, the other way round), then takes the Picard step
+    (plus 0 times both results, so that the passes stay)."""
+
+    def update(self, z, fz, aux, state, tol):
+        us, vs, x_prev, g_prev, hg_prev, k, n = state
+        x, unravel = jax.flatten_util.ravel_pytree(z)
+        g = jax.flatten_util.ravel_pytree(fz)[0] - x
+        dx = x - x_prev
+        slot = k % self.memory
+        # (Written before the passes read them: the other order makes XLA copy both histories.)
+        us = us.at[slot].set(g)
+        vs = vs.at[slot].set(dx)
+        hg = (vs @ g) @ us - g
+        v = (us @ dx) @ vs - dx
+        return unravel(x + g + 0.0 * (hg + v)), (us, vs, x, g, hg, k + 1, n)
+
+
 PER_ITERATION_SOLVERS = {
     "picard": resode.Picard(),
     "anderson (memory 5, default)": resode.Anderson(),
     "anderson (memory 2)": resode.Anderson(memory=2),
     "broyden (memory 10, default)": resode.Broyden(),
     "broyden (memory 5)": resode.Broyden(memory=5),
+    "anderson's history traffic alone (memory 5)": AndersonTraffic(),
+    "broyden's history traffic alone (memory 10)": BroydenTraffic(),
+}
+# Each default solver and the traffic-only reference of the same memory.
+TRAFFIC_OF = {
+    "anderson (memory 5, default)": "anderson's history traffic alone (memory 5)",
+    "broyden (memory 10, default)": "broyden's history traffic alone (memory 10)",
 }
 
 
@@ -502,7 +555,10 @@ def main(quick: bool = False) -> str:
         "",
         f"Time per iteration (µs; slope of the forward time from {counts[0]} to {counts[1]} "
         "iterations at tol 0, same problem; batched = one solve over the whole batch, vmapped = "
-        "one solve per example):",
+        "one solve per example). The two history-traffic rows are not solvers: each does only "
+        "what its method must do to the stored histories every step (write the new rows, the "
+        "passes over them), then the Picard step, so they are the floor of any implementation "
+        "of that method and memory in this loop:",
         "",
         iter_table,
         "",
@@ -562,12 +618,20 @@ def main(quick: bool = False) -> str:
             1.1,
         )
     )
-    for name in PER_ITERATION_SOLVERS:
-        if "default" in name:
-            for mode in ("batched", "vmapped"):
-                ratio = per_iter[(name, mode)] / per_iter[("picard", mode)]
-                label = f"{name.split(' (')[0]} / picard time per iteration, {mode}"
-                out.append(record("fixed_point", label, ratio, "<=", 1.3))
+    for name, traffic in TRAFFIC_OF.items():
+        short = name.split(" (")[0]
+        for mode in ("batched", "vmapped"):
+            ratio = per_iter[(name, mode)] / per_iter[("picard", mode)]
+            label = f"{short} / picard time per iteration, {mode}"
+            out.append(record("fixed_point", label, ratio, "<=", 1.3))
+        for mode in ("batched", "vmapped"):
+            floor = per_iter[(traffic, mode)] / per_iter[("picard", mode)]
+            label = f"{short}'s history traffic alone / picard time per iteration, {mode}"
+            out.append(record("fixed_point", label, floor))
+            label = f"{short} / its history traffic alone, time per iteration, {mode}"
+            out.append(
+                record("fixed_point", label, per_iter[(name, mode)] / per_iter[(traffic, mode)])
+            )
     best = min(("anderson", "broyden"), key=lambda n: slow_t[n].median_ms)
     out.append(
         record(

@@ -60,3 +60,36 @@ def test_resode_bench_only_runs_the_named_one_and_writes_its_report(name, tmp_pa
 def test_every_benchmark_has_a_report_heading():
     # `resode bench --write` heads each benchmark's section with its title.
     assert BENCH_TITLES.keys() == BENCHES.keys()
+
+
+def test_the_history_traffic_references_take_the_picard_step_and_fill_their_histories():
+    """The per-iteration table's floor rows claim to iterate like Picard while doing their
+    method's history traffic: their iterates must be Picard's, and their histories written."""
+    import pathlib
+    import sys
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import resode
+
+    sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
+    try:
+        import bench_fixed_point as bench
+    finally:
+        sys.path.pop(0)
+    params, _ = bench.init(jax.random.key(3), 8, 6)
+    z0 = jnp.zeros_like(params[2])
+    picard = resode.fixed_point(
+        bench.layer, z0, params, solver=resode.Picard(), tol=0.0, max_steps=7
+    ).value
+    for reference in (bench.AndersonTraffic(memory=3), bench.BroydenTraffic(memory=4)):
+        value = resode.fixed_point(
+            bench.layer, z0, params, solver=reference, tol=0.0, max_steps=7
+        ).value
+        np.testing.assert_allclose(value, picard, rtol=1e-6, atol=1e-7)
+        # One update on a fresh state writes the first row of each history.
+        fz = bench.layer(z0 + 0.1, params)
+        _, state = reference.update(z0 + 0.1, fz, None, reference.init(z0, params), 0.0)
+        assert float(jnp.abs(state[0][0]).sum()) > 0 and float(jnp.abs(state[1][0]).sum()) > 0
