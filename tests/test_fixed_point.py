@@ -174,6 +174,32 @@ def test_broyden_matches_a_dense_reference_step_by_step():
         np.testing.assert_allclose(sol.value, ref[n - 1], rtol=1e-8, atol=1e-11)
 
 
+def test_broyden_skips_a_degenerate_secant_update_and_keeps_its_history_clean():
+    """z -> (I + S) z + b with S skew-symmetric: every secant denominator dx^T H dg is
+    -dx^T S dx = 0 up to rounding, so every update is skipped and Broyden takes Picard steps.
+    Then a contraction from the same solver state shape: updates resume, and what the skipped
+    updates wrote (the scratch row) never reaches an iterate."""
+    s = jnp.array([[0.0, 0.5, -0.2], [-0.5, 0.0, 0.3], [0.2, -0.3, 0.0]])
+    b = jnp.array([0.3, -0.1, 0.2])
+    f = lambda z, a: z + a @ z + b
+    solver = resode.Broyden(memory=2, tol=0.0)
+    state = solver.init(jnp.zeros(3), s)
+    z = picard = jnp.zeros(3)
+    for _ in range(6):
+        z, state = jax.jit(solver.update)(z, f(z, s), None, state, 0.0)
+        picard = f(picard, s)
+        np.testing.assert_allclose(z, picard, rtol=1e-12, atol=1e-12)
+    us, vs, *_, n = state
+    assert int(n) == 0  # no pair stored
+    assert not np.any(np.asarray(us)) and not np.any(np.asarray(vs))
+    # The same solver on a map whose updates are taken still matches the dense reference.
+    W, x = _problem(seed=7, norm=0.8)
+    f_np = lambda z: np.tanh(np.asarray(W) @ z + np.asarray(x))
+    ref = _reference_broyden(f_np, np.zeros(DIM), memory=2, steps=6)
+    sol = iterate(solver, deq_map, jnp.zeros(DIM), (W, x), max_steps=7)
+    np.testing.assert_allclose(sol.value, ref[5], rtol=1e-8, atol=1e-11)
+
+
 @pytest.mark.parametrize("memory", [5, 10])
 def test_broyden_and_anderson_accelerate_a_slowly_contracting_map(memory):
     """z = W z + b with W symmetric, eigenvalues spread over [0, 0.98]: Picard needs about 720
