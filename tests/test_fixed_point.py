@@ -176,9 +176,9 @@ def test_broyden_matches_a_dense_reference_step_by_step():
 
 def test_broyden_skips_a_degenerate_secant_update_and_keeps_its_history_clean():
     """z -> (I + S) z + b with S skew-symmetric: every secant denominator dx^T H dg is
-    -dx^T S dx = 0 up to rounding, so every update is skipped and Broyden takes Picard steps.
-    Then a contraction from the same solver state shape: updates resume, and what the skipped
-    updates wrote (the scratch row) never reaches an iterate."""
+    -dx^T S dx = 0 up to rounding, so every update is skipped, Broyden takes Picard steps and
+    stores nothing (skipped pairs go to a scratch row, as zeros). Then on a contraction whose
+    updates are taken: whatever the scratch row holds never reaches an iterate."""
     s = jnp.array([[0.0, 0.5, -0.2], [-0.5, 0.0, 0.3], [0.2, -0.3, 0.0]])
     b = jnp.array([0.3, -0.1, 0.2])
     f = lambda z, a: z + a @ z + b
@@ -192,12 +192,20 @@ def test_broyden_skips_a_degenerate_secant_update_and_keeps_its_history_clean():
     us, vs, *_, n = state
     assert int(n) == 0  # no pair stored
     assert not np.any(np.asarray(us)) and not np.any(np.asarray(vs))
-    # The same solver on a map whose updates are taken still matches the dense reference.
     W, x = _problem(seed=7, norm=0.8)
     f_np = lambda z: np.tanh(np.asarray(W) @ z + np.asarray(x))
     ref = _reference_broyden(f_np, np.zeros(DIM), memory=2, steps=6)
-    sol = iterate(solver, deq_map, jnp.zeros(DIM), (W, x), max_steps=7)
-    np.testing.assert_allclose(sol.value, ref[5], rtol=1e-8, atol=1e-11)
+    clean = solver.init(jnp.zeros(DIM), (W, x))
+    us, vs, *rest = clean
+    poisoned = (us.at[-1].set(1e3), vs.at[-1].set(-1e3), *rest)
+    update = jax.jit(solver.update)
+    z_clean = z_poisoned = jnp.zeros(DIM)
+    for step in range(6):
+        z_clean, clean = update(z_clean, deq_map(z_clean, (W, x)), None, clean, 0.0)
+        z_poisoned, poisoned = update(z_poisoned, deq_map(z_poisoned, (W, x)), None, poisoned, 0.0)
+        np.testing.assert_array_equal(z_poisoned, z_clean)
+        np.testing.assert_allclose(z_clean, ref[step], rtol=1e-8, atol=1e-11)
+    assert int(clean[-1]) > 0  # pairs were stored
 
 
 @pytest.mark.parametrize("memory", [5, 10])
