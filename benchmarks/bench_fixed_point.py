@@ -229,10 +229,11 @@ class AndersonTraffic(resode.Anderson):
 class BroydenTraffic(resode.Broyden):
     """Not a solver: Broyden's history traffic on its own (cf. `AndersonTraffic`).
 
-    Writes one row into each of the two m-row histories and makes the four passes every step of
-    the limited-memory inverse update needs (H g: a row product with one history and a
-    combination of the other; H^T dx: the same, the other way round), then takes the Picard step
-    (plus 0 times both results, so that the passes stay)."""
+    Writes one row into each of the two histories and makes the four passes every step of the
+    limited-memory inverse update needs (H g: a row product with one history and a combination
+    of the other; H^T dx: the same, the other way round), then takes the Picard step (plus 0
+    times both results, so that the passes stay). The histories are Broyden's own, from its
+    `init`: memory + 1 rows, its scratch row included, which its passes read too."""
 
     def update(self, z, fz, aux, state, tol):
         us, vs, x_prev, g_prev, hg_prev, k, n = state
