@@ -1,7 +1,8 @@
 """Deep-equilibrium fixed point, forward+backward: resode against optimistix and hand-written JAX.
 
 Run:   .venv/bin/python benchmarks/bench_fixed_point.py [--quick]   (needs optimistix: make bench)
-Takes: about 2 min on 2 CPU cores (2026-12-05; 80 s on 2026-11-24 before the traffic rows).
+Takes: about 2 min on 2 CPU cores (2026-12-05; 80 s on 2026-11-24 before the traffic rows; the
+       DEQ-layer table adds about 10 s, 2026-12-06).
 Shows: z = tanh(z W + x U), W scaled to spectral norm 0.5, dim 64, batch 256, float32, relative
        tolerance 1e-5, forward and forward+backward of a mean-square loss. Medians with min/max;
        optimistix / resode ratios (target >= 3 for picard and anderson with the implicit
@@ -10,9 +11,11 @@ Shows: z = tanh(z W + x U), W scaled to spectral norm 0.5, dim 64, batch 256, fl
        for implicit, jfb and phantom; growing for unrolled). Time per iteration of each solver
        (batched and vmapped per example; target: Anderson and Broyden within 1.3x of Picard), beside
        the cost of each method's history traffic alone (row writes and passes over the stored
-       m-row histories, no arithmetic: the floor any implementation of it pays), and
+       m-row histories, no arithmetic: the floor of any implementation of it in this XLA loop), and
        a slowly contracting map where the accelerated solvers need far fewer iterations. A
        monotone DEQ (Peaceman-Rachford, forward-backward) against the Anderson DEQ, same size.
+       `resode.nn.DEQ` as a user calls it (MLP field 64, batch 128, vmapped per example, the
+       layer's defaults): forward and forward+backward time of each solver against Picard's.
 """
 
 import argparse
@@ -322,6 +325,52 @@ def per_iteration_table(params, dim, repeats, counts):
     return table, per
 
 
+DEQ_LAYER_SOLVERS = ("picard", "anderson", "broyden")
+
+
+def deq_layer_table(batch, dim, repeats):
+    """`resode.nn.DEQ` as a user calls it: an MLP field (dim -> dim -> dim, tanh), the layer's
+    defaults (tol 1e-4, max_steps 30, implicit adjoint), vmapped per example over the batch, a
+    mean-square loss. Forward and forward+backward time and mean forward iterations for each
+    solver, against Picard."""
+    import equinox as eqx
+
+    key_field, key_x = jax.random.split(jax.random.PRNGKey(2))
+    x = jax.random.normal(key_x, (batch, dim))
+    field = resode.nn.MLPField(dim, dim, key=key_field)
+    fwd, grad, iters = {}, {}, {}
+    for name in DEQ_LAYER_SOLVERS:
+        deq = resode.nn.DEQ(field, solver=name)
+
+        def loss(deq, x):
+            z, diag = jax.vmap(deq)(x)
+            return jnp.mean(z**2), diag
+
+        f = eqx.filter_jit(loss)
+        g = eqx.filter_jit(eqx.filter_value_and_grad(loss, has_aux=True))
+        iters[name] = float(jnp.mean(f(deq, x)[1].num_fevals))
+        fwd[name] = lambda f=f, deq=deq: f(deq, x)
+        grad[name] = lambda g=g, deq=deq: g(deq, x)
+    t_fwd = time_interleaved(fwd, repeats=repeats)
+    t_bwd = time_interleaved(grad, repeats=repeats)
+    rows = [
+        [
+            name,
+            f"{iters[name]:.2f}",
+            f"{t_fwd[name].median_ms:.3f}",
+            f"{t_fwd[name].median_ms / t_fwd['picard'].median_ms:.2f}",
+            f"{t_bwd[name].median_ms:.3f}",
+            f"{t_bwd[name].median_ms / t_bwd['picard'].median_ms:.2f}",
+        ]
+        for name in DEQ_LAYER_SOLVERS
+    ]
+    table = markdown_table(
+        ["solver", "forward iterations", "forward ms", "/ picard", "fwd+bwd ms", "/ picard"], rows
+    )
+    ratios = {name: t_bwd[name].median_ms / t_bwd["picard"].median_ms for name in iters}
+    return table, ratios, iters
+
+
 def slow_map(key, batch, dim, norm):
     """z = tanh(z W + x U) with W symmetric, eigenvalues spread evenly over [0, `norm`], and
     small inputs (tanh' near 1): a slowly contracting map, where plain iteration crawls (its
@@ -508,6 +557,10 @@ def main(quick: bool = False) -> str:
     )
 
     mono_table, mono_t, mono_info = monotone_table(batch, dim, repeats=3 if quick else 40)
+    deq_batch, deq_dim = (8, 8) if quick else (128, 64)
+    deq_table, deq_ratio, deq_iters = deq_layer_table(
+        deq_batch, deq_dim, repeats=3 if quick else 40
+    )
 
     steps_list = (10, 50) if quick else (10, 50, 200)
     mem_table, mem = memory_table(params, target, dim, steps_list)
@@ -578,6 +631,13 @@ def main(quick: bool = False) -> str:
         "",
         mono_table,
         "",
+        f"A DEQ layer as a user calls it (`resode.nn.DEQ` with its defaults: tol 1e-4, "
+        f"max_steps 30, implicit adjoint; an MLP field {deq_dim} -> {deq_dim} -> {deq_dim}, tanh; "
+        f"batch {deq_batch}, vmapped per example; mean-square loss). Forward iterations: mean "
+        "over the batch.",
+        "",
+        deq_table,
+        "",
         "Temporary memory of the compiled forward+backward (resode picard; XLA memory analysis):",
         "",
         mem_table,
@@ -644,6 +704,15 @@ def main(quick: bool = False) -> str:
             1.0,
         )
     )
+    for name in ("anderson", "broyden"):
+        out.append(
+            record(
+                "fixed_point",
+                f"DEQ layer (MLP {deq_dim}, batch {deq_batch}, vmapped): {name} / picard fwd+bwd "
+                f"time ({deq_iters[name]:.1f} vs {deq_iters['picard']:.1f} iterations)",
+                deq_ratio[name],
+            )
+        )
     pr = "monotone: peaceman_rachford (alpha 1)"
     out.append(
         record(

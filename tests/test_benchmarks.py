@@ -20,6 +20,7 @@ def test_resode_bench_quick_runs_every_benchmark_and_prints_the_ratio_table(caps
         "optimistix / resode picard + implicit",
         "optimistix Newton root find / resode newton + implicit",
         "implicit backward memory",
+        "DEQ layer (MLP 8, batch 8, vmapped): anderson / picard fwd+bwd",
         "tied RK4 training step: resode / hand-written",
         "ODEBlock / direct diffrax, fwd+bwd",
         "steps/s: resode / minimal hand-written loop",
