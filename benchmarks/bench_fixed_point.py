@@ -21,6 +21,7 @@ Shows: z = tanh(z W + x U), W scaled to spectral norm 0.5, dim 64, batch 256, fl
 import argparse
 import functools
 
+import equinox as eqx
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
@@ -333,8 +334,6 @@ def deq_layer_table(batch, dim, repeats):
     defaults (tol 1e-4, max_steps 30, implicit adjoint), vmapped per example over the batch, a
     mean-square loss. Forward and forward+backward time and mean forward iterations for each
     solver, against Picard."""
-    import equinox as eqx
-
     key_field, key_x = jax.random.split(jax.random.PRNGKey(2))
     x = jax.random.normal(key_x, (batch, dim))
     field = resode.nn.MLPField(dim, dim, key=key_field)
