@@ -1,5 +1,7 @@
 """Shared parametrisation tuples and tolerances for the test suite."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,8 +54,6 @@ def default_emitters(fn):
     of different structure that perform the same operations (a while loop and a scan, with and
     without a conditional) can differ in the last bit. Tests that assert such programs agree bit
     for bit compile both with this."""
-    import os
-
     if "--xla_cpu_use_fusion_emitters=false" not in os.environ.get("XLA_FLAGS", ""):
         return jax.jit(fn)
     return jax.jit(fn, compiler_options={"xla_cpu_use_fusion_emitters": True})
