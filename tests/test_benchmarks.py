@@ -94,3 +94,56 @@ def test_the_history_traffic_references_take_the_picard_step_and_fill_their_hist
         fz = bench.layer(z0 + 0.1, params)
         _, state = reference.update(z0 + 0.1, fz, None, reference.init(z0, params), 0.0)
         assert float(jnp.abs(state[0][0]).sum()) > 0 and float(jnp.abs(state[1][0]).sum()) > 0
+
+
+def test_the_forward_history_estimate_of_the_adjoint_is_the_one_its_secant_pairs_define():
+    """The warm-start table's estimate -H^T zbar of the adjoint u = (I - J^T)^{-1} zbar: exact for
+    Anderson on a linear map once its differences span the space (memory 5, dimension 4, five
+    iterations), and for Broyden consistent with its newest secant pair (H dg = dx, so
+    dg . (-H^T zbar) = -dx . zbar), in float64."""
+    import pathlib
+    import sys
+
+    import jax.numpy as jnp
+    import numpy as np
+
+    import resode
+    from resode.solvers import FixedPointSolution
+
+    sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
+    try:
+        import bench_fixed_point as bench
+    finally:
+        sys.path.pop(0)
+    rng = np.random.default_rng(5)
+    dim = 4
+    A = rng.normal(size=(dim, dim))
+    A = jnp.asarray(0.6 * A / np.linalg.norm(A, 2))
+    c, zbar = jnp.asarray(rng.normal(size=dim)), jnp.asarray(rng.normal(size=dim))
+    fn = lambda z, _: A @ z + c
+    exact = jnp.linalg.solve(jnp.eye(dim) - A.T, zbar)
+    sol = resode.solvers.iterate(
+        bench.AndersonWithHistory(), fn, jnp.zeros(dim), None, tol=0.0, max_steps=5
+    )
+    np.testing.assert_allclose(bench.forward_inverse_transpose(sol, zbar), exact, rtol=1e-10)
+    # With fewer pairs than dimensions the estimate is not the adjoint (the check can fail).
+    short = resode.solvers.iterate(
+        bench.AndersonWithHistory(), fn, jnp.zeros(dim), None, tol=0.0, max_steps=3
+    )
+    assert not np.allclose(bench.forward_inverse_transpose(short, zbar), exact, rtol=1e-3)
+
+    broyden = bench.BroydenWithHistory()
+    z, state, previous = jnp.zeros(dim), broyden.init(jnp.zeros(dim), None), None
+    for _ in range(3):
+        fz = fn(z, None)
+        if previous is not None:
+            dx, dg = z - previous[0], (fz - z) - previous[1]
+        previous = (z, fz - z)
+        z, state = broyden.update(z, fz, None, state, 0.0)
+    sol = FixedPointSolution(
+        value=z, num_steps=3, residual=0.0, converged=True, stats=broyden.stats(state)
+    )
+    assert int(sol.stats["n"]) == 2  # two corrections stored: the estimate is not -I
+    np.testing.assert_allclose(
+        jnp.dot(dg, bench.forward_inverse_transpose(sol, zbar)), -jnp.dot(dx, zbar), rtol=1e-10
+    )
