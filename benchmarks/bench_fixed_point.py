@@ -2,7 +2,7 @@
 
 Run:   .venv/bin/python benchmarks/bench_fixed_point.py [--quick]   (needs optimistix: make bench)
 Takes: about 2 min on 2 CPU cores (2026-12-05; 80 s on 2026-11-24 before the traffic rows; the
-       DEQ-layer table adds about 10 s, 2026-12-06).
+       DEQ-layer table adds about 10 s and the warm-start table about 15 s, 2026-12-06).
 Shows: z = tanh(z W + x U), W scaled to spectral norm 0.5, dim 64, batch 256, float32, relative
        tolerance 1e-5, forward and forward+backward of a mean-square loss. Medians with min/max;
        optimistix / resode ratios (target >= 3 for picard and anderson with the implicit
