@@ -63,23 +63,29 @@ def test_every_benchmark_has_a_report_heading():
     assert BENCH_TITLES.keys() == BENCHES.keys()
 
 
-def test_the_history_traffic_references_take_the_picard_step_and_fill_their_histories():
-    """The per-iteration table's floor rows claim to iterate like Picard while doing their
-    method's history traffic: their iterates must be Picard's, and their histories written."""
+def _bench_fixed_point():
+    """benchmarks/bench_fixed_point.py as a module (the benchmarks are scripts, not a package)."""
     import pathlib
     import sys
 
+    sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
+    try:
+        import bench_fixed_point
+    finally:
+        sys.path.pop(0)
+    return bench_fixed_point
+
+
+def test_the_history_traffic_references_take_the_picard_step_and_fill_their_histories():
+    """The per-iteration table's floor rows claim to iterate like Picard while doing their
+    method's history traffic: their iterates must be Picard's, and their histories written."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     import resode
 
-    sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
-    try:
-        import bench_fixed_point as bench
-    finally:
-        sys.path.pop(0)
+    bench = _bench_fixed_point()
     params, _ = bench.init(jax.random.key(3), 8, 6)
     z0 = jnp.zeros_like(params[2])
     picard = resode.fixed_point(
@@ -101,20 +107,13 @@ def test_the_forward_history_estimate_of_the_adjoint_is_the_one_its_secant_pairs
     Anderson on a linear map once its differences span the space (memory 5, dimension 4, five
     iterations), and for Broyden consistent with its newest secant pair (H dg = dx, so
     dg . (-H^T zbar) = -dx . zbar), in float64."""
-    import pathlib
-    import sys
-
     import jax.numpy as jnp
     import numpy as np
 
     import resode
     from resode.solvers import FixedPointSolution
 
-    sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
-    try:
-        import bench_fixed_point as bench
-    finally:
-        sys.path.pop(0)
+    bench = _bench_fixed_point()
     rng = np.random.default_rng(5)
     dim = 4
     A = rng.normal(size=(dim, dim))
