@@ -379,6 +379,14 @@ class BroydenWithHistory(resode.Broyden):
         us, vs, *_, n = state
         return {"us": us, "vs": vs, "n": n}
 
+    def adjoint_estimate(self, sol, zbar):
+        """-H^T zbar with H = -I + sum_i u_i v_i^T over the active corrections of `sol`: an
+        estimate of the adjoint u = (I - J^T)^{-1} zbar from the forward pass (J = df/dz at z*;
+        H ~ (J - I)^{-1}), the backward solve's warm start in SHINE (Ramzi et al., ICLR 2022)."""
+        b, st = zbar.ravel(), sol.stats
+        active = jnp.arange(st["us"].shape[0]) < st["n"]
+        return (b - jnp.where(active, st["us"] @ b, 0.0) @ st["vs"]).reshape(zbar.shape)
+
 
 class AndersonWithHistory(resode.Anderson):
     """Anderson whose solution also reports its final history (for `warm_start_table`)."""
@@ -387,22 +395,12 @@ class AndersonWithHistory(resode.Anderson):
         ys, gs, _, k = state
         return {"ys": ys, "gs": gs, "k": k}
 
-
-def forward_inverse_transpose(sol, zbar):
-    """-H^T zbar, where H ~ (J - I)^{-1} is the inverse-Jacobian estimate that the forward solve's
-    history defines (J = df/dz at z*): an estimate of the adjoint u = (I - J^T)^{-1} zbar, the
-    backward solve's warm start that SHINE (Ramzi et al., ICLR 2022) takes from the forward pass.
-
-    Broyden: H = -I + sum_i u_i v_i^T over its active corrections. Anderson (type II, mixing 1):
-    the multisecant estimate H = -I + dY (dG^T dG)^{-1} dG^T, with dG and dY the differences of
-    the stored residuals and mixed points from the newest ones (H dG = dX holds for every pair).
-    """
-    b = zbar.ravel()
-    st = sol.stats
-    if "us" in st:
-        active = jnp.arange(st["us"].shape[0]) < st["n"]
-        u = b - jnp.where(active, st["us"] @ b, 0.0) @ st["vs"]
-    else:
+    def adjoint_estimate(self, sol, zbar):
+        """-H^T zbar (cf. `BroydenWithHistory.adjoint_estimate`) with Anderson's multisecant
+        estimate H = -beta I + dY (dG^T dG)^{-1} dG^T (type II, beta = `mixing`): dG and dY are
+        the differences of the stored residuals and mixed points from the newest ones, and
+        H dG = dY - beta dG = dX holds for every pair."""
+        b, st = zbar.ravel(), sol.stats
         ys, gs, k = st["ys"], st["gs"], st["k"]
         m = gs.shape[0]
         newest = (k - 1) % m
@@ -412,13 +410,13 @@ def forward_inverse_transpose(sol, zbar):
         # dG^T (dG dG^T)^{-1} = pinv(dG): by SVD, not the normal equations, whose conditioning
         # (the square of dG's) loses the late, small differences of a converging solve.
         rtol = 10 * float(jnp.finfo(dg.dtype).eps)
-        u = b - jnp.linalg.pinv(dg, rtol=rtol) @ (dy @ b)
-    return u.reshape(zbar.shape)
+        u = self.mixing * b - jnp.linalg.pinv(dg, rtol=rtol) @ (dy @ b)
+        return u.reshape(zbar.shape)
 
 
 def warm_start_table(problems):
     """The backward solve u = zbar + J^T u started cold (from zbar, what the implicit adjoint
-    does) and warm (from the forward history's estimate, `forward_inverse_transpose`), each with
+    does) and warm (from the forward history's estimate, the solver's `adjoint_estimate`), each with
     the forward solver mirrored, tol as forward, for the mean-square loss against `target`.
     Initial errors are relative to u converged to 1e-7 by Picard. `problems`: (label, params of
     `layer`, target, vmapped); vmapped problems solve each example on its own (means over the
@@ -442,7 +440,7 @@ def warm_start_table(problems):
                 exact = resode.solvers.iterate(
                     resode.Picard(), adjoint_map, zbar, None, tol=1e-7, max_steps=5000
                 ).value
-                warm = forward_inverse_transpose(sol, zbar)
+                warm = solver.adjoint_estimate(sol, zbar)
                 err = lambda u: jnp.linalg.norm(u - exact) / jnp.linalg.norm(exact)
                 steps = [
                     resode.solvers.iterate(
